@@ -1,0 +1,652 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	svix "github.com/svix/svix-webhooks/go"
+)
+
+// Secrets and a key made for these tests only.
+var (
+	testSecret   = "whsec_" + base64.StdEncoding.EncodeToString([]byte("optipick-webhooks test secret 1!"))
+	secondSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("optipick-webhooks test secret 2!"))
+	wrongSecret  = "whsec_" + base64.StdEncoding.EncodeToString([]byte("a secret nobody configured......"))
+)
+
+const (
+	testAPIKey    = "test-api-key-5f1c9e"
+	testRequestID = "674f5c1e2b8a4d0012ab34cd"
+)
+
+func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
+	for _, tc := range []struct {
+		path, kind, wantLog string
+	}{
+		{"/webhook/cluster", "cluster", "clusters=2"},
+		{"/webhook/route", "route", "picks=3"},
+		{"/webhook", "cluster", "clusters=2"}, // OptiPick's original example path
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			resp := rig.deliver(signedDelivery(t, testSecret, tc.path, requestBody(testRequestID)))
+
+			if resp.Code != http.StatusOK {
+				t.Fatalf("status = %d, want 200; body %q", resp.Code, resp.Body)
+			}
+			want := []apiCall{{Path: "/optimize/" + tc.kind + "/" + testRequestID, APIKey: testAPIKey}}
+			rig.api.assertCalls(t, want)
+			logs := rig.logs.String()
+			for _, s := range []string{"optimization fetched", "kind=" + tc.kind, "request_id=" + testRequestID,
+				"svix_id=msg_", "site_name=Example", tc.wantLog, "computation_time_s=0.53"} {
+				if !strings.Contains(logs, s) {
+					t.Errorf("log lacks %q:\n%s", s, logs)
+				}
+			}
+			if tc.kind == "cluster" && !strings.Contains(logs, "saving_pct=25") {
+				t.Errorf("log lacks the saving (as-is 200, optimal 150):\n%s", logs)
+			}
+			if !strings.Contains(logs, `msg="optimization result"`) || !strings.Contains(logs, `\"timestamp\":\"2024-12-04T16:52:49.303000\"`) {
+				t.Errorf("debug log lacks the whole result:\n%s", logs)
+			}
+		})
+	}
+}
+
+func TestOptimizationErrorIsLoggedAsWarningAndAcknowledged(t *testing.T) {
+	rig := newRig(t, testSecret)
+	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"request_id":"`+testRequestID+`","site_name":"Example","error":"no valid picks","computation_time":0.01}`)
+	}
+	resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+	if resp.Code != http.StatusOK {
+		t.Fatalf("status = %d, want 200", resp.Code)
+	}
+	if logs := rig.logs.String(); !strings.Contains(logs, `level=WARN msg="optimization fetched, but OptiPick reports that it failed"`) ||
+		!strings.Contains(logs, `optimization_error="no valid picks"`) {
+		t.Errorf("log lacks the warning with OptiPick's error:\n%s", logs)
+	}
+}
+
+func TestUnverifiedDeliveriesAreRejectedBeforeTheAPI(t *testing.T) {
+	body := requestBody(testRequestID)
+	for _, tc := range []struct {
+		name   string
+		modify func(r *http.Request)
+		reason string
+	}{
+		{"no svix-id", func(r *http.Request) { r.Header.Del("svix-id") }, "missing required headers"},
+		{"no svix-timestamp", func(r *http.Request) { r.Header.Del("svix-timestamp") }, "missing required headers"},
+		{"no svix-signature", func(r *http.Request) { r.Header.Del("svix-signature") }, "missing required headers"},
+		{"tampered body", func(r *http.Request) { setBody(r, requestBody("674f5c1e2b8a4d0012ab34ce")) }, "no matching signature"},
+		{"body with extra whitespace", func(r *http.Request) { setBody(r, append(body, ' ')) }, "no matching signature"},
+		{"other message id", func(r *http.Request) { r.Header.Set("svix-id", "msg_other") }, "no matching signature"},
+		{"bare v1,", func(r *http.Request) { r.Header.Set("svix-signature", "v1,") }, "no matching signature"},
+		{"unknown version", func(r *http.Request) {
+			r.Header.Set("svix-signature", strings.Replace(r.Header.Get("svix-signature"), "v1,", "v2,", 1))
+		}, "no matching signature"},
+		{"timestamp not a number", func(r *http.Request) { r.Header.Set("svix-timestamp", "soon") }, "invalid signature headers"},
+		{"wrong secret", func(r *http.Request) { *r = *signedDelivery(t, wrongSecret, "/webhook/cluster", body) }, "no matching signature"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			req := signedDelivery(t, testSecret, "/webhook/cluster", body)
+			tc.modify(req)
+			resp := rig.deliver(req)
+
+			if resp.Code != http.StatusUnauthorized {
+				t.Fatalf("status = %d, want 401; body %q", resp.Code, resp.Body)
+			}
+			if got := strings.TrimSpace(resp.Body.String()); got != "invalid signature" {
+				t.Errorf("body = %q, want the generic %q", got, "invalid signature")
+			}
+			rig.api.assertCalls(t, nil)
+			if logs := rig.logs.String(); !strings.Contains(logs, "signature not verified") || !strings.Contains(logs, tc.reason) {
+				t.Errorf("log lacks the reason %q:\n%s", tc.reason, logs)
+			}
+		})
+	}
+}
+
+// TestTimestampTolerance moves a fake clock past Svix's five minutes.
+func TestTimestampTolerance(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		signedAt   time.Duration // relative to the moment of delivery
+		wantStatus int
+		wantReason string
+	}{
+		{"4m59s old", -(5*time.Minute - time.Second), http.StatusOK, ""},
+		{"5m01s old", -(5*time.Minute + time.Second), http.StatusUnauthorized, "message timestamp too old"},
+		{"4m59s ahead", 5*time.Minute - time.Second, http.StatusOK, ""},
+		{"5m01s ahead", 5*time.Minute + time.Second, http.StatusUnauthorized, "message timestamp too new"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rig := newBubbleRig(t, testSecret)
+				// Sign at a time that is now+signedAt, by waiting either side.
+				var req *http.Request
+				if tc.signedAt < 0 {
+					req = signedDelivery(t, testSecret, "/webhook/route", requestBody(testRequestID))
+					time.Sleep(-tc.signedAt)
+				} else {
+					req = signedDeliveryAt(t, testSecret, "/webhook/route", requestBody(testRequestID), "msg_future", time.Now().Add(tc.signedAt))
+				}
+				resp := rig.deliver(req)
+				if resp.Code != tc.wantStatus {
+					t.Fatalf("status = %d, want %d", resp.Code, tc.wantStatus)
+				}
+				if tc.wantStatus != http.StatusOK {
+					rig.api.assertCalls(t, nil)
+					if !strings.Contains(rig.logs.String(), tc.wantReason) {
+						t.Errorf("log lacks %q:\n%s", tc.wantReason, rig.logs)
+					}
+				} else {
+					rig.api.assertCalls(t, []apiCall{{Path: "/optimize/route/" + testRequestID, APIKey: testAPIKey}})
+				}
+			})
+		})
+	}
+}
+
+func TestAnyValidSignatureOrSecretIsEnough(t *testing.T) {
+	body := requestBody(testRequestID)
+	for _, tc := range []struct {
+		name    string
+		secrets []string
+		request func() *http.Request
+	}{
+		{"several signatures, the last one valid", []string{testSecret}, func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", body)
+			other := signedDelivery(t, wrongSecret, "/webhook/cluster", body).Header.Get("svix-signature")
+			req.Header.Set("svix-signature", "v1a,bm90IGVkMjU1MTk= "+other+" "+req.Header.Get("svix-signature"))
+			return req
+		}},
+		{"signed with the second configured secret", []string{testSecret, secondSecret}, func() *http.Request {
+			return signedDelivery(t, secondSecret, "/webhook/cluster", body)
+		}},
+		{"unbranded webhook-* headers", []string{testSecret}, func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", body)
+			for _, name := range []string{"id", "timestamp", "signature"} {
+				req.Header.Set("webhook-"+name, req.Header.Get("svix-"+name))
+				req.Header.Del("svix-" + name)
+			}
+			return req
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, tc.secrets...)
+			resp := rig.deliver(tc.request())
+			if resp.Code != http.StatusOK {
+				t.Fatalf("status = %d, want 200; body %q\n%s", resp.Code, resp.Body, rig.logs)
+			}
+			rig.api.assertCalls(t, []apiCall{{Path: "/optimize/cluster/" + testRequestID, APIKey: testAPIKey}})
+		})
+	}
+}
+
+// TestSvixPublishedVector checks signing and verification against the
+// known answer that every Svix library is tested with.
+func TestSvixPublishedVector(t *testing.T) {
+	const (
+		secret    = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+		msgID     = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+		timestamp = 1614265330
+		body      = `{"test": 2432232314}`
+		signature = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+	)
+	wh, err := svix.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := wh.Sign(msgID, time.Unix(timestamp, 0), []byte(body)); got != signature {
+		t.Fatalf("Sign = %q, want %q", got, signature)
+	}
+
+	synctest.Test(t, func(t *testing.T) {
+		time.Sleep(time.Until(time.Unix(timestamp, 0))) // the fake clock jumps to 2021
+		rig := newBubbleRig(t, secret)
+		req := httptest.NewRequest(http.MethodPost, "/webhook/cluster", strings.NewReader(body))
+		req.Header.Set("svix-id", msgID)
+		req.Header.Set("svix-timestamp", fmt.Sprint(timestamp))
+		req.Header.Set("svix-signature", signature)
+		resp := rig.deliver(req)
+		// Genuine, but the vector's body has no request_id: 400, not 401.
+		if resp.Code != http.StatusBadRequest || resp.Header().Get("webhook-delivery") != "abort-message" {
+			t.Fatalf("status = %d, abort header %q: want 400 with abort-message", resp.Code, resp.Header().Get("webhook-delivery"))
+		}
+
+		req.Header.Set("svix-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OF=")
+		if resp := rig.deliver(req); resp.Code != http.StatusUnauthorized {
+			t.Fatalf("one changed character: status = %d, want 401", resp.Code)
+		}
+		rig.api.assertCalls(t, nil)
+	})
+}
+
+func TestOversizedBodyIs413(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		chunked bool
+	}{{"with Content-Length", false}, {"chunked, no length", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			body := append(requestBody(testRequestID), bytes.Repeat([]byte(" "), maxBodyBytes)...)
+			req := signedDelivery(t, testSecret, "/webhook/cluster", body)
+			if tc.chunked {
+				req.Body = io.NopCloser(bytes.NewReader(body)) // hides the length
+				req.ContentLength = -1
+			}
+			resp := rig.deliver(req)
+			if resp.Code != http.StatusRequestEntityTooLarge {
+				t.Fatalf("status = %d, want 413", resp.Code)
+			}
+			rig.api.assertCalls(t, nil)
+		})
+	}
+}
+
+func TestBodyOfExactlyTheLimitIsAccepted(t *testing.T) {
+	rig := newRig(t, testSecret)
+	body := requestBody(testRequestID)
+	body = append(body, bytes.Repeat([]byte(" "), maxBodyBytes-len(body))...)
+	resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", body))
+	if resp.Code != http.StatusOK {
+		t.Fatalf("status = %d, want 200", resp.Code)
+	}
+}
+
+func TestRoutingNeverRedirects(t *testing.T) {
+	for _, tc := range []struct {
+		method, path string
+		wantStatus   int
+		wantAllow    string
+	}{
+		{http.MethodGet, "/healthz", http.StatusOK, ""},
+		{http.MethodHead, "/healthz", http.StatusOK, ""},
+		{http.MethodPost, "/healthz", http.StatusMethodNotAllowed, "GET, HEAD"},
+		{http.MethodGet, "/webhook/cluster", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodPut, "/webhook/route", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodGet, "/webhook", http.StatusMethodNotAllowed, "POST"},
+		{http.MethodPost, "/", http.StatusNotFound, ""},
+		{http.MethodPost, "/webhook/pallet", http.StatusNotFound, ""},
+		{http.MethodPost, "/webhook/cluster/", http.StatusNotFound, ""},
+		{http.MethodPost, "/webhook//cluster", http.StatusNotFound, ""},
+		{http.MethodPost, "/webhook/../webhook/cluster", http.StatusNotFound, ""},
+		{http.MethodPost, "/webhook/./route", http.StatusNotFound, ""},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			req.Method = tc.method
+			req.URL = &url.URL{Path: tc.path}
+			resp := rig.deliver(req)
+			if resp.Code != tc.wantStatus {
+				t.Fatalf("status = %d, want %d (Location %q)", resp.Code, tc.wantStatus, resp.Header().Get("Location"))
+			}
+			if got := resp.Header().Get("Allow"); got != tc.wantAllow {
+				t.Errorf("Allow = %q, want %q", got, tc.wantAllow)
+			}
+			rig.api.assertCalls(t, nil)
+		})
+	}
+}
+
+func TestSignedButMalformedBodiesAskSvixToStop(t *testing.T) {
+	for _, body := range []string{
+		``,
+		`not json`,
+		`[]`,
+		`null`,
+		`{}`,
+		`{"request_id": ""}`,
+		`{"request_id": 674}`,
+		`{"request_id": null}`,
+		`{"request_id": "../x"}`,
+		`{"request_id": "a b"}`,
+		`{"request_id": "` + strings.Repeat("a", 129) + `"}`,
+		`{"request_id": "674f5c1e2b8a4d0012ab34cd"`,
+	} {
+		t.Run(body, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/route", []byte(body)))
+			if resp.Code != http.StatusBadRequest {
+				t.Fatalf("status = %d, want 400", resp.Code)
+			}
+			if got := resp.Header().Get("webhook-delivery"); got != "abort-message" {
+				t.Errorf("webhook-delivery = %q, want abort-message", got)
+			}
+			rig.api.assertCalls(t, nil)
+		})
+	}
+}
+
+func TestUnknownFieldsInTheBodyAreFine(t *testing.T) {
+	rig := newRig(t, testSecret)
+	body := []byte(`{"type":"cluster.optimized","request_id":"` + testRequestID + `","extra":{"a":[1,2]}}`)
+	if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", body)); resp.Code != http.StatusOK {
+		t.Fatalf("status = %d, want 200", resp.Code)
+	}
+	rig.api.assertCalls(t, []apiCall{{Path: "/optimize/cluster/" + testRequestID, APIKey: testAPIKey}})
+}
+
+func TestAPIFailuresMakeSvixRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		status     int
+		body       string
+		wantStatus int
+		wantCalls  int
+		wantLog    string
+	}{
+		{"500 is retried, then 502", 500, "internal error", http.StatusBadGateway, maxAttempts, "500 Internal Server Error"},
+		{"403 is not retried", 403, `{"message":"Forbidden"}`, http.StatusBadGateway, 1, "the API key was rejected"},
+		{"401 is not retried", 401, `{"message":"Unauthorized"}`, http.StatusBadGateway, 1, "the API key was rejected"},
+		{"404 is not retried", 404, `{"detail":"not found"}`, http.StatusBadGateway, 1, "unknown, or the optimization unfinished"},
+		{"422 is not retried", 422, `{"detail":[]}`, http.StatusBadGateway, 1, "422 Unprocessable Entity"},
+		{"200 that is not JSON", 200, "<html>gateway</html>", http.StatusBadGateway, 1, "not a JSON result"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rig := newBubbleRig(t, testSecret)
+				rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+					w.WriteHeader(tc.status)
+					io.WriteString(w, tc.body)
+				}
+				start := time.Now()
+				resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+				if resp.Code != tc.wantStatus {
+					t.Fatalf("status = %d, want %d", resp.Code, tc.wantStatus)
+				}
+				if took := time.Since(start); took >= deliveryDeadline {
+					t.Errorf("answered after %v, want within the %v deadline", took, deliveryDeadline)
+				}
+				if got := len(rig.api.recorded()); got != tc.wantCalls {
+					t.Errorf("API called %d times, want %d", got, tc.wantCalls)
+				}
+				if logs := rig.logs.String(); !strings.Contains(logs, tc.wantLog) || !strings.Contains(logs, "Svix will retry") {
+					t.Errorf("log lacks %q:\n%s", tc.wantLog, logs)
+				}
+			})
+		})
+	}
+}
+
+func TestHangingAPIGets504WithinTheDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		hang := true
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			if hang {
+				<-r.Context().Done()
+				return
+			}
+			writeClusterResult(w, testRequestID)
+		}
+		start := time.Now()
+		resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+		if resp.Code != http.StatusGatewayTimeout {
+			t.Fatalf("status = %d, want 504", resp.Code)
+		}
+		if took := time.Since(start); took > deliveryDeadline {
+			t.Errorf("answered after %v, want within %v", took, deliveryDeadline)
+		}
+
+		// The service lives on, and Svix's retry of the message succeeds.
+		hang = false
+		resp = rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+		if resp.Code != http.StatusOK {
+			t.Fatalf("after the hang: status = %d, want 200", resp.Code)
+		}
+	})
+}
+
+func TestSecretsNeverReachTheLogs(t *testing.T) {
+	rig := newRig(t, testSecret, secondSecret)
+	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+		// An API that echoes what it got must not make the log leak the key.
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprintf(w, `{"message":"Forbidden"}`)
+	}
+	rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+	rig.deliver(signedDelivery(t, wrongSecret, "/webhook/cluster", requestBody(testRequestID)))
+	rig.deliver(signedDelivery(t, secondSecret, "/webhook/route", []byte(`{"request_id":"../../etc"}`)))
+	// assertNoSecrets runs at cleanup for every rig; this test makes sure
+	// each kind of line was written.
+	for _, s := range []string{"signature not verified", "the API key was rejected", "asked Svix not to retry"} {
+		if !strings.Contains(rig.logs.String(), s) {
+			t.Errorf("log lacks %q", s)
+		}
+	}
+}
+
+// ---- test rig ----
+
+// rig is the real handler with a fake OptiPick API behind it.
+type rig struct {
+	handler http.Handler
+	api     *fakeAPI
+	logs    *syncBuffer
+}
+
+// newRig serves the fake API over real TCP.
+func newRig(t *testing.T, secrets ...string) *rig {
+	t.Helper()
+	api := &fakeAPI{}
+	server := httptest.NewServer(api)
+	t.Cleanup(server.Close)
+	return newRigWith(t, api, server.URL, nil, secrets)
+}
+
+// newBubbleRig serves the fake API in memory, for synctest bubbles, where
+// the clock is fake and the network must not be used.
+func newBubbleRig(t *testing.T, secrets ...string) *rig {
+	t.Helper()
+	api := &fakeAPI{}
+	return newRigWith(t, api, "http://optipick.test/latest/", handlerTransport{api}, secrets)
+}
+
+func newRigWith(t *testing.T, api *fakeAPI, apiURL string, transport http.RoundTripper, secrets []string) *rig {
+	t.Helper()
+	v, err := parseSecrets(strings.Join(secrets, " "))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := url.Parse(apiURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	logger := newLogger(logs, slog.LevelDebug, "text")
+	client := newOptiPickClient(base, testAPIKey, transport)
+	r := &rig{
+		handler: newHandler(logger, v, client.fetch, newDedupe(time.Hour, 1000)),
+		api:     api,
+		logs:    logs,
+	}
+	t.Cleanup(func() { assertNoSecrets(t, logs.String()) })
+	return r
+}
+
+func (r *rig) deliver(req *http.Request) *httptest.ResponseRecorder {
+	resp := httptest.NewRecorder()
+	r.handler.ServeHTTP(resp, req)
+	return resp
+}
+
+// assertNoSecrets fails if text holds a secret, its key bytes or the API key.
+func assertNoSecrets(t *testing.T, text string) {
+	t.Helper()
+	for _, secret := range []string{testSecret, secondSecret, wrongSecret} {
+		if strings.Contains(text, strings.TrimPrefix(secret, "whsec_")) {
+			t.Errorf("a signing secret reached the output:\n%s", text)
+		}
+	}
+	if strings.Contains(text, testAPIKey) {
+		t.Errorf("the API key reached the output:\n%s", text)
+	}
+}
+
+type apiCall struct {
+	Path   string
+	APIKey string
+}
+
+// fakeAPI stands in for the OptiPick API and records what it received.
+type fakeAPI struct {
+	respond func(w http.ResponseWriter, r *http.Request) // nil: a result of the kind asked for
+
+	mu    sync.Mutex
+	calls []apiCall
+}
+
+func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	a.calls = append(a.calls, apiCall{Path: r.URL.Path, APIKey: r.Header.Get("X-API-KEY")})
+	a.mu.Unlock()
+	if a.respond != nil {
+		a.respond(w, r)
+		return
+	}
+	_, rest, _ := strings.Cut(r.URL.Path, "/optimize/")
+	kind, id, ok := strings.Cut(rest, "/")
+	switch {
+	case r.Method != http.MethodGet || !ok || r.Header.Get("X-API-KEY") != testAPIKey:
+		http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
+	case kind == "cluster":
+		writeClusterResult(w, id)
+	case kind == "route":
+		writeRouteResult(w, id)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (a *fakeAPI) recorded() []apiCall {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]apiCall(nil), a.calls...)
+}
+
+// assertCalls checks the calls, with paths relative to /optimize/.
+func (a *fakeAPI) assertCalls(t *testing.T, want []apiCall) {
+	t.Helper()
+	got := a.recorded()
+	for i := range got { // drop the base URL's path, such as /latest
+		if at := strings.Index(got[i].Path, "/optimize/"); at > 0 {
+			got[i].Path = got[i].Path[at:]
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("API received %v, want %v", got, want)
+	}
+}
+
+// writeClusterResult writes a cluster result in the shape of a real one:
+// as-is 200, optimal 150, two clusters, a timestamp with no time zone.
+func writeClusterResult(w http.ResponseWriter, id string) {
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"_id":"674f5c1e2b8a4d0012ab0000","request_id":%q,"ownerId":"673f48095739843f4de65ec9",
+"site_name":"Example","site_id":"6740aa","wave_id":"wave-1","timestamp":"2024-12-04T16:52:49.303000",
+"computation_time":0.53,"error":null,"purpose":"test","visualization_url":"https://example.invalid/v",
+"type":"CLUSTER","unit":"cm","invalid_picks":[],"extra":{},
+"asis_clusters":[{"list_id":"o1","picks":["p1","p2"],"order_ids":["o1"],"estimated_distance":120},
+ {"list_id":"o2","picks":["p3"],"order_ids":["o2"],"estimated_distance":80}],
+"optimal_clusters":[{"list_id":"c1","picks":["p1","p3"],"order_ids":["o1","o2"],"estimated_distance":100},
+ {"list_id":"c2","picks":["p2"],"order_ids":["o1"],"estimated_distance":50}],
+"asis_distance":200,"optimal_distance":150}`, id)
+}
+
+// writeRouteResult writes a route result in the documented shape.
+func writeRouteResult(w http.ResponseWriter, id string) {
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"request_id":%q,"route_id":"r1","site_name":"Example","wave_id":"wave-1",
+"timestamp":"2024-12-04T16:52:49.303000","computation_time":0.53,"error":null,"unit":"cm","invalid_picks":[],
+"picks":[{"pick_id":"p1","location_id":"A-01","optim_sequence":0,"asis_sequence":2,"path":[],"instructions":[]},
+ {"pick_id":"p2","location_id":"A-07","optim_sequence":2,"asis_sequence":0,"path":[],"instructions":[]},
+ {"pick_id":"p3","location_id":["B-02","B-03"],"optim_sequence":1,"asis_sequence":1,"path":[],"instructions":[]}],
+"extra":{}}`, id)
+}
+
+// handlerTransport serves HTTP requests with a handler, in memory.
+type handlerTransport struct{ handler http.Handler }
+
+func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp := httptest.NewRecorder()
+	t.handler.ServeHTTP(resp, req)
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	return resp.Result(), nil
+}
+
+func requestBody(id string) []byte {
+	return []byte(`{"request_id":"` + id + `"}`)
+}
+
+var messageCounter struct {
+	sync.Mutex
+	n int
+}
+
+// signedDelivery is a delivery as Svix sends it: a fresh message id, the
+// current time and the library's signature.
+func signedDelivery(t testing.TB, secret, path string, body []byte) *http.Request {
+	messageCounter.Lock()
+	messageCounter.n++
+	id := fmt.Sprintf("msg_test%06d", messageCounter.n)
+	messageCounter.Unlock()
+	return signedDeliveryAt(t, secret, path, body, id, time.Now())
+}
+
+func signedDeliveryAt(t testing.TB, secret, path string, body []byte, msgID string, at time.Time) *http.Request {
+	t.Helper()
+	wh, err := svix.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signature, err := wh.Sign(msgID, at, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("svix-id", msgID)
+	req.Header.Set("svix-timestamp", fmt.Sprint(at.Unix()))
+	req.Header.Set("svix-signature", signature)
+	return req
+}
+
+func setBody(r *http.Request, body []byte) {
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+}
+
+// syncBuffer is a bytes.Buffer that concurrent loggers may share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
