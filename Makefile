@@ -20,6 +20,10 @@ test: ## go vet, then every test with the race detector
 build: ## build the receiver into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(BINARY) .
 
+fuzz: ## run each fuzz target for FUZZTIME (default 30s); the seeds also run in make test
+	go test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME) .
+	go test -run '^$$' -fuzz '^FuzzOptimizationURL$$' -fuzztime $(FUZZTIME) .
+
 lint: ## gofmt check, go vet and staticcheck (pinned)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	go vet ./...

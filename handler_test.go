@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -386,9 +387,10 @@ func TestAPIFailuresMakeSvixRetry(t *testing.T) {
 func TestHangingAPIGets504WithinTheDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rig := newBubbleRig(t, testSecret)
-		hang := true
+		var hang atomic.Bool
+		hang.Store(true)
 		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
-			if hang {
+			if hang.Load() {
 				<-r.Context().Done()
 				return
 			}
@@ -404,7 +406,7 @@ func TestHangingAPIGets504WithinTheDeadline(t *testing.T) {
 		}
 
 		// The service lives on, and Svix's retry of the message succeeds.
-		hang = false
+		hang.Store(false)
 		resp = rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
 		if resp.Code != http.StatusOK {
 			t.Fatalf("after the hang: status = %d, want 200", resp.Code)
@@ -579,16 +581,23 @@ func writeRouteResult(w http.ResponseWriter, id string) {
 "extra":{}}`, id)
 }
 
-// handlerTransport serves HTTP requests with a handler, in memory.
+// handlerTransport serves HTTP requests with a handler, in memory. Like a
+// real transport, it gives up when the request's context ends.
 type handlerTransport struct{ handler http.Handler }
 
 func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp := httptest.NewRecorder()
-	t.handler.ServeHTTP(resp, req)
-	if err := req.Context().Err(); err != nil {
-		return nil, err
+	answered := make(chan *http.Response, 1)
+	go func() {
+		resp := httptest.NewRecorder()
+		t.handler.ServeHTTP(resp, req)
+		answered <- resp.Result()
+	}()
+	select {
+	case resp := <-answered:
+		return resp, nil
+	case <-req.Context().Done():
+		return nil, req.Context().Err()
 	}
-	return resp.Result(), nil
 }
 
 func requestBody(id string) []byte {

@@ -94,6 +94,7 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, transport http.RoundTrip
 			// A hung attempt gives up at half the deadline, leaving time to retry.
 			TLSHandshakeTimeout:   3 * time.Second,
 			ResponseHeaderTimeout: deliveryDeadline / 2,
+			MaxConnsPerHost:       maxConcurrentFetches,
 			MaxIdleConns:          maxConcurrentFetches,
 			MaxIdleConnsPerHost:   maxConcurrentFetches,
 			IdleConnTimeout:       90 * time.Second,

@@ -1,0 +1,424 @@
+package main
+
+// Tests of the guarantees the README promises: at-least-once without
+// needless repeats, bounded resources, and no way around verification.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+func TestRetriedMessageIsNotFetchedAgain(t *testing.T) {
+	rig := newRig(t, testSecret)
+	body := requestBody(testRequestID)
+	first := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_retried", time.Now())
+	if resp := rig.deliver(first); resp.Code != http.StatusOK {
+		t.Fatalf("first delivery: %d", resp.Code)
+	}
+	// Svix's retry or a manual resend: same id, new timestamp and signature.
+	again := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_retried", time.Now().Add(time.Second))
+	resp := rig.deliver(again)
+	if resp.Code != http.StatusOK || resp.Body.String() != "already handled\n" {
+		t.Fatalf("resend: %d %q, want 200 already handled", resp.Code, resp.Body)
+	}
+	rig.api.assertCalls(t, []apiCall{{Path: "/optimize/cluster/" + testRequestID, APIKey: testAPIKey}})
+
+	// The same message id on the other endpoint is another delivery.
+	other := signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_retried", time.Now())
+	if resp := rig.deliver(other); resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" {
+		t.Fatalf("same id on /webhook/route: %d %q, want a fetch", resp.Code, resp.Body)
+	}
+}
+
+func TestFailedDeliveryIsProcessedAgainOnRetry(t *testing.T) {
+	rig := newRig(t, testSecret)
+	var fail atomic.Bool
+	fail.Store(true)
+	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
+			return
+		}
+		writeClusterResult(w, testRequestID)
+	}
+	body := requestBody(testRequestID)
+	if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_x", time.Now())); resp.Code != http.StatusBadGateway {
+		t.Fatalf("first attempt: %d, want 502", resp.Code)
+	}
+	fail.Store(false)
+	if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_x", time.Now())); resp.Code != http.StatusOK {
+		t.Fatalf("retry: %d, want 200", resp.Code)
+	}
+	if got := len(rig.api.recorded()); got != 2 {
+		t.Errorf("API called %d times, want 2", got)
+	}
+}
+
+func TestSimultaneousDuplicatesShareOneAPICall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		release := make(chan struct{})
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			<-release
+			writeRouteResult(w, testRequestID)
+		}
+		var wg sync.WaitGroup
+		codes := make([]int, 3)
+		for i := range codes {
+			req := signedDeliveryAt(t, testSecret, "/webhook/route", requestBody(testRequestID), "msg_twin", time.Now())
+			wg.Go(func() { codes[i] = rig.deliver(req).Code })
+		}
+		synctest.Wait() // all three are in: one at the API, two waiting for it
+		close(release)
+		wg.Wait()
+		for i, code := range codes {
+			if code != http.StatusOK {
+				t.Errorf("delivery %d: %d, want 200", i, code)
+			}
+		}
+		if got := len(rig.api.recorded()); got != 1 {
+			t.Errorf("API called %d times, want once", got)
+		}
+	})
+}
+
+func TestDedupeWindowAndCapacity(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDedupe(time.Hour, 3)
+		var runs int
+		work := func(id string) bool {
+			already, err := d.do(t.Context(), id, func(ctx context.Context) error { runs++; return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+			return already
+		}
+		if work("a") || !work("a") {
+			t.Fatal("a second do of a within the window ran again")
+		}
+		time.Sleep(time.Hour)
+		if work("a") {
+			t.Fatal("a was still remembered after the window")
+		}
+		for _, id := range []string{"b", "c", "d"} { // capacity 3: a, the oldest, goes
+			work(id)
+		}
+		if len(d.handled) > 3 || len(d.order) > 3 {
+			t.Fatalf("remembers %d (%d in order), capacity is 3", len(d.handled), len(d.order))
+		}
+		if work("a") {
+			t.Error("a was remembered past capacity")
+		}
+		if !work("d") {
+			t.Error("d, the newest, was forgotten")
+		}
+
+		off := newDedupe(0, 10)
+		off.do(t.Context(), "x", func(context.Context) error { return nil })
+		if already, _ := off.do(t.Context(), "x", func(context.Context) error { return nil }); already || len(off.handled) != 0 {
+			t.Error("a zero window remembered a delivery")
+		}
+	})
+}
+
+func TestDedupeSurvivesAPanickingWork(t *testing.T) {
+	d := newDedupe(time.Hour, 10)
+	func() {
+		defer func() { recover() }()
+		d.do(t.Context(), "k", func(context.Context) error { panic("boom") })
+	}()
+	ran := false
+	if already, err := d.do(t.Context(), "k", func(context.Context) error { ran = true; return nil }); already || err != nil || !ran {
+		t.Fatalf("after a panic: already=%v err=%v ran=%v; want the work to run again", already, err, ran)
+	}
+}
+
+// TestManyDistinctDeliveriesAtOnce sends 300 deliveries over real TCP at
+// once: all succeed, each is fetched exactly once, and the API sees no more
+// connections than calls allowed in flight.
+func TestManyDistinctDeliveriesAtOnce(t *testing.T) {
+	const n = 300
+	api := &fakeAPI{}
+	apiServer := httptest.NewUnstartedServer(api)
+	var apiConns atomic.Int32
+	apiServer.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			apiConns.Add(1)
+		}
+	}
+	apiServer.Start()
+	defer apiServer.Close()
+	rig := newRigWith(t, api, apiServer.URL, nil, []string{testSecret})
+	receiver := httptest.NewServer(rig.handler)
+	defer receiver.Close()
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
+	var wg sync.WaitGroup
+	failures := make(chan string, n)
+	for i := range n {
+		id := fmt.Sprintf("674f5c1e2b8a4d0012%06d", i)
+		req := signedDelivery(t, testSecret, receiver.URL+"/webhook/cluster", requestBody(id))
+		req.RequestURI = ""
+		wg.Go(func() {
+			resp, err := client.Do(req)
+			if err != nil {
+				failures <- err.Error()
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				failures <- fmt.Sprintf("%s: %d", id, resp.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	close(failures)
+	for f := range failures {
+		t.Error(f)
+	}
+	perID := map[string]int{}
+	for _, call := range api.recorded() {
+		perID[call.Path]++
+	}
+	if len(perID) != n {
+		t.Errorf("%d distinct results fetched, want %d", len(perID), n)
+	}
+	for path, count := range perID {
+		if count != 1 {
+			t.Errorf("%s fetched %d times", path, count)
+		}
+	}
+	if got := apiConns.Load(); got > maxConcurrentFetches {
+		t.Errorf("API saw %d connections, want at most %d (reused)", got, maxConcurrentFetches)
+	}
+}
+
+// TestSlowAPIBoundsCallsInFlight: with an API slower than deliveries
+// arrive, calls in flight stay bounded and the excess gets 503 within the
+// deadline instead of piling up.
+func TestSlowAPIBoundsCallsInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 300
+		var inFlight, peak, calls atomic.Int32
+		api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			select {
+			case <-time.After(4 * time.Second):
+				writeClusterResult(w, testRequestID)
+			case <-r.Context().Done():
+			}
+		}}
+		// Count calls in flight where the client sees them.
+		counting := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			now := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+			}
+			return handlerTransport{api}.RoundTrip(req)
+		})
+		rig := newRigWith(t, api, "http://optipick.test", counting, []string{testSecret})
+		codes := make([]int, n)
+		took := make([]time.Duration, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(fmt.Sprintf("id%d", i)))
+			wg.Go(func() {
+				start := time.Now()
+				codes[i] = rig.deliver(req).Code
+				took[i] = time.Since(start)
+			})
+		}
+		wg.Wait()
+
+		count := map[int]int{}
+		for i, code := range codes {
+			count[code]++
+			if took[i] > deliveryDeadline {
+				t.Errorf("delivery %d answered after %v, past the %v deadline", i, took[i], deliveryDeadline)
+			}
+		}
+		if p := peak.Load(); p > maxConcurrentFetches {
+			t.Errorf("peak API calls in flight = %d, want at most %d", p, maxConcurrentFetches)
+		}
+		// 504: got a slot, but the API did not answer before the deadline.
+		if count[200]+count[503]+count[504] != n || count[503] == 0 || count[200] < maxConcurrentFetches {
+			t.Errorf("answers %v: want 200s, 503s and maybe 504s", count)
+		}
+		if int(calls.Load()) != count[200]+count[504] {
+			t.Errorf("%d API calls for %d answers of 200 or 504: each should be fetched once", calls.Load(), count[200]+count[504])
+		}
+	})
+}
+
+// TestHostileInput: none of these reach the API unverified, leave
+// /optimize/{kind}/, log a secret or panic.
+func TestHostileInput(t *testing.T) {
+	signed := func(body string) func() *http.Request {
+		return func() *http.Request { return signedDelivery(t, testSecret, "/webhook/cluster", []byte(body)) }
+	}
+	withHeaders := func(edit func(h http.Header)) func() *http.Request {
+		return func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			edit(req.Header)
+			return req
+		}
+	}
+	withTimestamp := func(edit func(signed string) string) func() *http.Request {
+		return withHeaders(func(h http.Header) { h.Set("svix-timestamp", edit(h.Get("svix-timestamp"))) })
+	}
+	nested := strings.Repeat(`{"a":[`, 20000) + strings.Repeat(`]}`, 20000)
+	for _, tc := range []struct {
+		name       string
+		request    func() *http.Request
+		wantStatus int
+		wantFetch  string // the id fetched, if any
+	}{
+		{"id ../x", signed(`{"request_id":"../x"}`), 400, ""},
+		{"id ..", signed(`{"request_id":".."}`), 400, ""},
+		{"id .", signed(`{"request_id":"."}`), 400, ""},
+		{"id a/b", signed(`{"request_id":"a/b"}`), 400, ""},
+		{"id x?y", signed(`{"request_id":"x?y"}`), 400, ""},
+		{"id %2e%2e", signed(`{"request_id":"%2e%2e"}`), 400, ""},
+		{"id with CR LF", signed(`{"request_id":"a\r\nX-Injected: 1"}`), 400, ""},
+		{"id of 5000 chars", signed(`{"request_id":"` + strings.Repeat("a", 5000) + `"}`), 400, ""},
+		{"id with a NUL", signed(`{"request_id":"a\u0000b"}`), 400, ""},
+		{"invalid UTF-8", signed("{\"request_id\":\"\xff\xfe\"}"), 400, ""},
+		{"duplicate keys: the last wins", signed(`{"request_id":"first","request_id":"second"}`), 200, "second"},
+		{"deeply nested JSON", signed(nested), 400, ""},
+		{"deeply nested beside a valid id", signed(`{"request_id":"ok1","x":` + nested + `}`), 400, ""},
+		{"unsigned valid body", func() *http.Request {
+			return httptest.NewRequest(http.MethodPost, "/webhook/cluster", bytes.NewReader(requestBody(testRequestID)))
+		}, 401, ""},
+		{"32 MiB body", func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			req.Body = io.NopCloser(io.LimitReader(zeros{}, 32<<20))
+			req.ContentLength = 32 << 20
+			return req
+		}, 413, ""},
+		{"32 MiB chunked body", func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			req.Body = io.NopCloser(io.LimitReader(zeros{}, 32<<20))
+			req.ContentLength = -1
+			return req
+		}, 413, ""},
+		{"body that stops half way", func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			req.Body = io.NopCloser(io.MultiReader(strings.NewReader(`{"request_id":"67`), errReader{io.ErrUnexpectedEOF}))
+			return req
+		}, 400, ""},
+		{"signature header twice, valid one second", withHeaders(func(h http.Header) {
+			h["Svix-Signature"] = []string{"v1,AAAA", h.Get("svix-signature")}
+		}), 401, ""},
+		{"signature header twice, valid one first", withHeaders(func(h http.Header) {
+			h.Add("svix-signature", "v1,AAAA")
+		}), 200, testRequestID},
+		{"svix-id alone beside a full webhook-* set", withHeaders(func(h http.Header) {
+			for _, name := range []string{"id", "timestamp", "signature"} {
+				h.Set("webhook-"+name, h.Get("svix-"+name))
+			}
+			h.Del("svix-signature")
+			h.Set("svix-id", "msg_decoy")
+		}), 200, testRequestID},
+		{"svix-* signature beside a wrong webhook-* set", withHeaders(func(h http.Header) {
+			h.Set("webhook-id", "msg_other")
+			h.Set("webhook-timestamp", h.Get("svix-timestamp"))
+			h.Set("webhook-signature", "v1,AAAA")
+		}), 200, testRequestID},
+		{"timestamp of 20 digits", withTimestamp(func(string) string { return "12345678901234567890" }), 401, ""},
+		{"timestamp with a minus", withTimestamp(func(ts string) string { return "-" + ts }), 401, ""},
+		// The same instant, so the signature over its canonical form holds.
+		{"timestamp with a plus", withTimestamp(func(ts string) string { return "+" + ts }), 200, testRequestID},
+		{"timestamp with a space", withTimestamp(func(ts string) string { return " " + ts }), 401, ""},
+		{"signature of 100k entries", withHeaders(func(h http.Header) {
+			h.Set("svix-signature", strings.Repeat("v1,AAAA ", 100_000))
+		}), 401, ""},
+		{"svix-id with CR LF and 10k chars", withHeaders(func(h http.Header) {
+			h.Set("svix-id", "msg\r\nlevel=ERROR "+strings.Repeat("x", 10_000))
+		}), 401, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, "  ,"+testSecret+",,")
+			resp := rig.deliver(tc.request())
+			if resp.Code != tc.wantStatus {
+				t.Fatalf("status = %d, want %d", resp.Code, tc.wantStatus)
+			}
+			var want []apiCall
+			if tc.wantFetch != "" {
+				want = []apiCall{{Path: "/optimize/cluster/" + tc.wantFetch, APIKey: testAPIKey}}
+			}
+			rig.api.assertCalls(t, want)
+			for _, line := range strings.Split(strings.TrimSpace(rig.logs.String()), "\n") {
+				if !strings.HasPrefix(line, "time=") || len(line) > 4096 {
+					t.Errorf("log line forged or unbounded: %.200q", line)
+				}
+			}
+		})
+	}
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// TestSlowlorisIsCutOff opens a connection that sends its headers a byte at
+// a time: the server drops it after ReadHeaderTimeout, and serves others all
+// along.
+func TestSlowlorisIsCutOff(t *testing.T) {
+	t.Parallel()
+	srv := newServer(newHandler(slog.New(slog.DiscardHandler), nil, nil, newDedupe(0, 1)), slog.New(slog.DiscardHandler))
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(listener)
+	defer srv.Close()
+	addr := listener.Addr().String()
+
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	request := "POST /webhook/cluster HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 1000)
+	var cutAfter time.Duration
+	for i := 0; i < len(request); i++ {
+		if _, err := conn.Write([]byte{request[i]}); err != nil {
+			cutAfter = time.Since(start)
+			break
+		}
+		// Meanwhile, others are served.
+		if i%10 == 0 {
+			resp, err := http.Get("http://" + addr + "/healthz")
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("healthz while a slow client holds a connection: %v %v", resp, err)
+			}
+			resp.Body.Close()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if cutAfter == 0 {
+		// The server may answer 408 and close instead of failing our writes.
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := bufio.NewReader(conn).ReadByte(); err == nil {
+			t.Log("server answered the slow client and closed")
+		}
+		cutAfter = time.Since(start)
+	}
+	if limit := srv.ReadHeaderTimeout + 5*time.Second; cutAfter > limit {
+		t.Errorf("slow client held its connection for %v; ReadHeaderTimeout is %v", cutAfter, srv.ReadHeaderTimeout)
+	}
+}

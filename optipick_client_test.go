@@ -1,0 +1,290 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// newBubbleClient is a client whose API is handler, in memory.
+func newBubbleClient(t *testing.T, handler http.HandlerFunc) *optiPickClient {
+	t.Helper()
+	base, _ := url.Parse("http://optipick.test")
+	return newOptiPickClient(base, testAPIKey, handlerTransport{handler})
+}
+
+func TestFetchRetries(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		answers   []int  // status per call; the last repeats
+		header    string // Retry-After on non-200 answers
+		wantCalls int
+		wantErr   error // nil: the fetch succeeds
+		minTook   time.Duration
+	}{
+		{"503 twice, then 200", []int{503, 503, 200}, "", 3, nil, 2 * firstBackoff / 2},
+		{"502, then 200", []int{502, 200}, "", 2, nil, 0},
+		{"429 with Retry-After that fits", []int{429, 200}, "3", 2, nil, 3 * time.Second},
+		{"503 with Retry-After that fits", []int{503, 200}, "2", 2, nil, 2 * time.Second},
+		{"429 with Retry-After past the deadline", []int{429}, "120", 1, errRetryLater, 0},
+		{"429 without Retry-After, until attempts run out", []int{429}, "", maxAttempts, nil, 0},
+		{"400 is final", []int{400, 200}, "", 1, nil, 0},
+		{"403 is final", []int{403, 200}, "", 1, nil, 0},
+		{"404 is final", []int{404, 200}, "", 1, nil, 0},
+		{"500 until attempts run out", []int{500}, "", maxAttempts, nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var calls atomic.Int32
+				client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+					n := int(calls.Add(1))
+					status := tc.answers[min(n, len(tc.answers))-1]
+					if status == http.StatusOK {
+						writeClusterResult(w, testRequestID)
+						return
+					}
+					if tc.header != "" {
+						w.Header().Set("Retry-After", tc.header)
+					}
+					w.WriteHeader(status)
+				})
+				ctx, cancel := context.WithTimeout(t.Context(), deliveryDeadline)
+				defer cancel()
+				start := time.Now()
+				result, err := client.fetch(ctx, "cluster", testRequestID)
+				took := time.Since(start)
+
+				succeeds := tc.answers[min(tc.wantCalls, len(tc.answers))-1] == http.StatusOK
+				switch {
+				case succeeds && err != nil:
+					t.Fatalf("fetch: %v, want a result", err)
+				case succeeds && result.SiteName != "Example":
+					t.Fatalf("result = %+v", result)
+				case !succeeds && err == nil:
+					t.Fatal("fetch succeeded, want an error")
+				case tc.wantErr != nil && !errors.Is(err, tc.wantErr):
+					t.Fatalf("fetch: %v, want %v", err, tc.wantErr)
+				}
+				if got := int(calls.Load()); got != tc.wantCalls {
+					t.Errorf("API called %d times, want %d", got, tc.wantCalls)
+				}
+				if took < tc.minTook || took >= deliveryDeadline {
+					t.Errorf("took %v, want at least %v and less than %v", took, tc.minTook, deliveryDeadline)
+				}
+			})
+		})
+	}
+}
+
+func TestFetchRetriesNetworkErrors(t *testing.T) {
+	api := &fakeAPI{}
+	server := httptest.NewServer(api)
+	defer server.Close()
+	base, _ := url.Parse(server.URL)
+	var calls atomic.Int32
+	client := newOptiPickClient(base, testAPIKey, roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if calls.Add(1) == 1 {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+		}
+		return http.DefaultTransport.RoundTrip(req)
+	}))
+	result, err := client.fetch(t.Context(), "route", testRequestID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(result.Picks) != 3 || calls.Load() != 2 {
+		t.Errorf("picks = %d, calls = %d; want 3 picks after 2 calls", len(result.Picks), calls.Load())
+	}
+}
+
+func TestFetchStopsWhenTheDeadlinePasses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+			<-r.Context().Done()
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), deliveryDeadline)
+		defer cancel()
+		start := time.Now()
+		_, err := client.fetch(ctx, "cluster", testRequestID)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("fetch: %v, want DeadlineExceeded", err)
+		}
+		if statusFor(err) != http.StatusGatewayTimeout {
+			t.Errorf("status = %d, want 504", statusFor(err))
+		}
+		if took := time.Since(start); took != deliveryDeadline {
+			t.Errorf("took %v, want exactly the deadline %v", took, deliveryDeadline)
+		}
+	})
+}
+
+func TestBackoffGrowsWithJitterAndACap(t *testing.T) {
+	for attempt := 1; attempt <= 10; attempt++ {
+		ceiling := min(firstBackoff<<(attempt-1), maxBackoff)
+		for range 100 {
+			if d := backoff(attempt); d < ceiling/2 || d > ceiling {
+				t.Fatalf("backoff(%d) = %v, want within [%v, %v]", attempt, d, ceiling/2, ceiling)
+			}
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	for value, want := range map[string]time.Duration{
+		"":                              0,
+		"7":                             7 * time.Second,
+		"-3":                            0,
+		"soon":                          0,
+		"Thu, 26 Nov 2026 12:00:30 GMT": 30 * time.Second,
+		"Thu, 26 Nov 2026 11:59:00 GMT": 0,
+		"99999999999999999999":          0,
+	} {
+		if got := parseRetryAfter(value, now); got != want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", value, got, want)
+		}
+	}
+}
+
+func TestOptimizationURL(t *testing.T) {
+	for _, tc := range []struct{ base, want string }{
+		{"https://optipick.api.optioryx.com", "https://optipick.api.optioryx.com/optimize/cluster/abc"},
+		{"https://optipick.api.optioryx.com/", "https://optipick.api.optioryx.com/optimize/cluster/abc"},
+		{"https://x.execute-api.eu-west-1.amazonaws.com/latest", "https://x.execute-api.eu-west-1.amazonaws.com/latest/optimize/cluster/abc"},
+		{"https://x.execute-api.eu-west-1.amazonaws.com/latest/", "https://x.execute-api.eu-west-1.amazonaws.com/latest/optimize/cluster/abc"},
+		{"http://127.0.0.1:9000//v1//", "http://127.0.0.1:9000/v1/optimize/cluster/abc"},
+	} {
+		base, _ := url.Parse(tc.base)
+		if got, err := optimizationURL(base, "cluster", "abc"); err != nil || got != tc.want {
+			t.Errorf("optimizationURL(%q) = %q, %v; want %q", tc.base, got, err, tc.want)
+		}
+	}
+	base, _ := url.Parse("https://optipick.example")
+	for _, id := range []string{"", ".", "..", "../x", "a/b", "x?y", "%2e%2e", "a\r\nb", "a#b", "ä", strings.Repeat("a", 129)} {
+		if got, err := optimizationURL(base, "route", id); err == nil {
+			t.Errorf("optimizationURL(id %q) = %q, want an error", id, got)
+		}
+	}
+	if _, err := optimizationURL(base, "pallet", "abc"); err == nil {
+		t.Error("unknown kind accepted")
+	}
+}
+
+// FuzzOptimizationURL: whatever the id, the URL is refused or names exactly
+// /optimize/{kind}/{id} under the base.
+func FuzzOptimizationURL(f *testing.F) {
+	for _, seed := range []string{"674f5c1e2b8a4d0012ab34cd", "../x", "..", ".", "a/b", "x?y", "%2e%2e", "a\r\nb", "a b", strings.Repeat("z", 5000)} {
+		f.Add(seed)
+	}
+	bases := []string{"https://optipick.api.optioryx.com", "https://gw.example/latest/"}
+	f.Fuzz(func(t *testing.T, id string) {
+		for _, raw := range bases {
+			base, _ := url.Parse(raw)
+			got, err := optimizationURL(base, "route", id)
+			if err != nil {
+				continue
+			}
+			u, err := url.Parse(got)
+			if err != nil {
+				t.Fatalf("built an unparseable URL %q", got)
+			}
+			wantPath := strings.TrimSuffix(base.Path, "/") + "/optimize/route/" + id
+			if u.Path != wantPath || u.Host != base.Host || u.RawQuery != "" || u.Fragment != "" {
+				t.Fatalf("id %q gave %q, want path %q on %q", id, got, wantPath, base.Host)
+			}
+		}
+	})
+}
+
+func TestResultDecodingIsLenient(t *testing.T) {
+	for _, tc := range []struct {
+		name, body   string
+		wantErr      bool
+		wantSite     string
+		wantFailure  string
+		wantClusters int
+	}{
+		{"zone-less timestamp and unknown fields", `{"site_name":"Example","timestamp":"2024-12-04T16:52:49.303000","new_field":{"x":1},"optimal_clusters":[{},{},{}]}`, false, "Example", "", 3},
+		{"a field of another type", `{"site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
+		{"error as a string", `{"site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
+		{"error as an object", `{"site_name":"S","error":{"code":7}}`, false, "S", `{"code":7}`, 0},
+		{"not JSON", `<html>`, true, "", "", 0},
+		{"truncated", `{"site_name":"S"`, true, "", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, tc.body) })
+				result, err := client.fetch(t.Context(), "cluster", testRequestID)
+				if tc.wantErr {
+					if err == nil {
+						t.Fatal("want an error")
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if result.SiteName != tc.wantSite || result.failure() != tc.wantFailure || len(result.OptimalClusters) != tc.wantClusters {
+					t.Errorf("got site %q, failure %q, %d clusters", result.SiteName, result.failure(), len(result.OptimalClusters))
+				}
+				if string(result.raw) != tc.body {
+					t.Errorf("raw = %q, want the body as sent", result.raw)
+				}
+			})
+		})
+	}
+}
+
+func TestOversizedResultIsRefused(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"site_name":"`)
+			io.Copy(w, io.LimitReader(zeros{}, maxResultBytes))
+			io.WriteString(w, `"}`)
+		})
+		_, err := client.fetch(t.Context(), "cluster", testRequestID)
+		if err == nil || !strings.Contains(err.Error(), "more than") {
+			t.Fatalf("fetch: %v, want a size error", err)
+		}
+	})
+}
+
+func TestAPIErrorMessages(t *testing.T) {
+	for status, want := range map[int]string{
+		401: "the API key was rejected",
+		403: "the API key was rejected",
+		404: "unknown, or the optimization unfinished",
+		500: "500 Internal Server Error",
+	} {
+		err := &apiError{Status: status, Excerpt: `{"message":"x"}`}
+		if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `{\"message\":\"x\"}`) {
+			t.Errorf("%d: %q lacks %q or the excerpt", status, err, want)
+		}
+	}
+	// "é" is 2 bytes: 255 bytes cut inside the 128th.
+	if got, want := excerpt([]byte(strings.Repeat("é", 200)), 255), strings.Repeat("é", 127)+"\uFFFD"; got != want {
+		t.Errorf("excerpt = %q, want %q", got, want)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'a'
+	}
+	return len(p), nil
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
