@@ -5,13 +5,19 @@ BINARY             := bin/optipick-webhooks
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME           ?= 30s
 
-.PHONY: help run test build lint fuzz
+.PHONY: help demo run sim test build lint fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+demo: ## the whole flow offline: simulator + receiver, one cluster and one route optimization
+	go run ./cmd/demo
+
 run: ## run the receiver (reads .env if present)
 	go run .
+
+sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too)
+	go run ./cmd/optipick-sim
 
 test: ## go vet, then every test with the race detector
 	go vet ./...

@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"optipick-webhooks/internal/optipicksim"
 )
 
 var (
@@ -290,4 +294,123 @@ func onTCP(p *process, req *http.Request) *http.Request {
 	target.Header = req.Header
 	target.ContentLength = req.ContentLength
 	return target
+}
+
+// TestSimulatorEndToEnd runs the built receiver against the offline
+// simulator: a cluster and a route optimization are delivered, verified and
+// fetched; a 503 in front of the receiver makes the simulator retry with the
+// same svix-id; and the results decode without loss.
+func TestSimulatorEndToEnd(t *testing.T) {
+	secret := optipicksim.NewSecret()
+	const apiKey = "sim-e2e-key"
+
+	// The receiver's address is known only once it runs, and it needs the
+	// simulator's: the simulator delivers through this front, set later.
+	var receiverURL string
+	var mu sync.Mutex
+	seenIDs := map[string][]string{} // path → svix-ids, in order
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seenIDs[r.URL.Path] = append(seenIDs[r.URL.Path], r.Header.Get("svix-id"))
+		first := len(seenIDs[r.URL.Path]) == 1
+		mu.Unlock()
+		if r.URL.Path == "/webhook/cluster" && first {
+			http.Error(w, "down for a moment", http.StatusServiceUnavailable)
+			return
+		}
+		target, _ := url.Parse(receiverURL)
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	sim, err := optipicksim.New(optipicksim.Config{
+		APIKey:        apiKey,
+		Cluster:       optipicksim.Receiver{URL: front.URL + "/webhook/cluster", Secret: secret},
+		Route:         optipicksim.Receiver{URL: front.URL + "/webhook/route", Secret: secret},
+		OptimizeDelay: 10 * time.Millisecond,
+		TimeScale:     0.001, // the 5 s retry comes after 5 ms
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	simServer := httptest.NewServer(sim.Handler())
+	defer simServer.Close()
+	defer sim.Close()
+
+	p := startReceiver(t, []string{receiverBinary(t)}, map[string]string{
+		"WEBHOOK_SECRET":   secret,
+		"OPTIPICK_API_KEY": apiKey,
+		"OPTIPICK_API_URL": simServer.URL,
+		"PORT":             "0",
+	})
+	mu.Lock()
+	receiverURL = p.URL
+	mu.Unlock()
+
+	requestIDs := map[string]string{}
+	for _, kind := range []string{"cluster", "route"} {
+		body, _ := json.Marshal(optipicksim.ExampleRequest())
+		req, _ := http.NewRequest(http.MethodPost, simServer.URL+"/optimize/"+kind+"?synchronous=false", bytes.NewReader(body))
+		req.Header.Set("X-API-KEY", apiKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var answer struct {
+			RequestID string `json:"request_id"`
+		}
+		json.NewDecoder(resp.Body).Decode(&answer)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || answer.RequestID == "" {
+			t.Fatalf("POST /optimize/%s: %d", kind, resp.StatusCode)
+		}
+		requestIDs[answer.RequestID] = kind
+	}
+
+	for len(requestIDs) > 0 {
+		line := p.waitFor(t, "optimization fetched", 15*time.Second)
+		kind, ok := requestIDs[fmt.Sprint(line["request_id"])]
+		if !ok || line["kind"] != kind || line["site_name"] != "Example" || !(line["saving_pct"].(float64) > 0) {
+			t.Fatalf("unexpected summary line %v", line)
+		}
+		delete(requestIDs, fmt.Sprint(line["request_id"]))
+	}
+
+	mu.Lock()
+	clusterIDs, routeIDs := seenIDs["/webhook/cluster"], seenIDs["/webhook/route"]
+	mu.Unlock()
+	if len(clusterIDs) != 2 || clusterIDs[0] != clusterIDs[1] {
+		t.Errorf("cluster deliveries carried svix-ids %v, want one retry with the same id", clusterIDs)
+	}
+	if len(routeIDs) != 1 {
+		t.Errorf("route deliveries: %v, want one", routeIDs)
+	}
+
+	// What the receiver decodes is all that the simulator sent.
+	base, _ := url.Parse(simServer.URL)
+	client := newOptiPickClient(base, apiKey, nil)
+	for _, a := range sim.Attempts() {
+		if !a.Succeeded() {
+			continue
+		}
+		result, err := client.fetch(t.Context(), a.Kind, a.RequestID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var generic map[string]any
+		if err := json.Unmarshal(result.raw, &generic); err != nil {
+			t.Fatal(err)
+		}
+		if result.RequestID != a.RequestID || result.SiteName != generic["site_name"] || result.Timestamp != generic["timestamp"] ||
+			result.ComputationTime != generic["computation_time"] || result.failure() != "" ||
+			*result.AsisDistance != generic["asis_distance"] || *result.OptimalDistance != generic["optimal_distance"] ||
+			len(result.OptimalClusters)+len(result.Picks) != len(asSlice(generic["optimal_clusters"]))+len(asSlice(generic["picks"])) {
+			t.Errorf("%s result decoded as %+v, sent as %v", a.Kind, result, generic)
+		}
+	}
+}
+
+func asSlice(v any) []any {
+	s, _ := v.([]any)
+	return s
 }

@@ -1,0 +1,129 @@
+// Command optipick-sim is a development tool: a local stand-in for the
+// OptiPick API and its Svix webhook delivery, for running the receiver
+// offline. It is not part of the receiver and is not OptiPick.
+//
+//	optipick-sim [flags]
+//
+// It reads the same .env as the receiver (WEBHOOK_SECRET, OPTIPICK_API_KEY);
+// flags override it. Start an optimization with
+//
+//	curl -X POST 'http://127.0.0.1:8090/optimize/cluster?synchronous=false' \
+//	  -H "X-API-KEY: $OPTIPICK_API_KEY" -d "$(optipick-sim -example)"
+//
+// and it delivers the signed webhook to the receiver when it is done.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/joho/godotenv"
+
+	"optipick-webhooks/internal/optipicksim"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := godotenv.Load(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		fmt.Fprintln(os.Stderr, "error: .env: cannot be read or parsed (expected KEY=value lines)")
+		os.Exit(1)
+	}
+	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	firstSecret, _, _ := strings.Cut(strings.TrimSpace(strings.ReplaceAll(getenv("WEBHOOK_SECRET"), ",", " ")), " ")
+	flags := flag.NewFlagSet("optipick-sim", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	addr := flags.String("addr", "127.0.0.1:8090", "address to serve the simulated API on (port 0: a free one, logged)")
+	apiKey := flags.String("api-key", getenv("OPTIPICK_API_KEY"), "the X-API-KEY to accept (default $OPTIPICK_API_KEY)")
+	secret := flags.String("secret", firstSecret, "whsec_ secret to sign deliveries with (default: the first in $WEBHOOK_SECRET)")
+	routeSecret := flags.String("route-secret", "", "another secret for route deliveries (default: -secret)")
+	clusterURL := flags.String("cluster-url", "http://127.0.0.1:8080/webhook/cluster", "where to deliver cluster.optimized (empty: nowhere)")
+	routeURL := flags.String("route-url", "http://127.0.0.1:8080/webhook/route", "where to deliver route.optimized (empty: nowhere)")
+	delay := flags.Duration("delay", time.Second, "how long an optimization takes")
+	timeScale := flags.Float64("time-scale", 1, "multiplies Svix's retry schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h); 0.001 turns 5 min into 0.3 s")
+	logFormat := flags.String("log-format", "text", "text or json")
+	example := flags.Bool("example", false, "print the Example warehouse request (10 picks over 5 orders) and exit")
+	newSecret := flags.Bool("new-secret", false, "print a new random whsec_ secret and exit")
+	if err := flags.Parse(args[min(1, len(args)):]); err != nil {
+		return err
+	}
+
+	switch {
+	case *example:
+		out, _ := json.MarshalIndent(optipicksim.ExampleRequest(), "", "  ")
+		fmt.Fprintf(stdout, "%s\n", out)
+		return nil
+	case *newSecret:
+		fmt.Fprintln(stdout, optipicksim.NewSecret())
+		return nil
+	}
+	if *apiKey == "" {
+		return errors.New("-api-key or OPTIPICK_API_KEY: required (any value; the receiver must send the same)")
+	}
+	if *routeSecret == "" {
+		*routeSecret = *secret
+	}
+	var logger *slog.Logger
+	switch *logFormat {
+	case "text":
+		logger = slog.New(slog.NewTextHandler(stdout, nil))
+	case "json":
+		logger = slog.New(slog.NewJSONHandler(stdout, nil))
+	default:
+		return errors.New("-log-format: must be text or json")
+	}
+
+	sim, err := optipicksim.New(optipicksim.Config{
+		APIKey:        *apiKey,
+		Cluster:       optipicksim.Receiver{URL: *clusterURL, Secret: *secret},
+		Route:         optipicksim.Receiver{URL: *routeURL, Secret: *routeSecret},
+		OptimizeDelay: *delay,
+		TimeScale:     *timeScale,
+		Logger:        logger,
+	})
+	if err != nil {
+		return fmt.Errorf("%w (-secret or WEBHOOK_SECRET; make one with -new-secret)", err)
+	}
+	defer sim.Close()
+
+	listener, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("-addr: %w", err)
+	}
+	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	logger.Info("listening", "addr", listener.Addr().String(), "cluster_url", *clusterURL, "route_url", *routeURL, "time_scale", *timeScale)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(listener) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	sim.Close() // stops pending deliveries; Shutdown waits for open requests
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return err
+	}
+	logger.Info("stopped")
+	return nil
+}
