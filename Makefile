@@ -4,8 +4,10 @@
 BINARY             := bin/optipick-webhooks
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME           ?= 30s
+IMAGE              ?= optipick-webhooks:latest
+GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 
-.PHONY: help demo run sim test build lint fuzz
+.PHONY: help demo run sim test build image lint fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +27,13 @@ test: ## go vet, then every test with the race detector
 
 build: ## build the receiver into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(BINARY) .
+
+image: ## build the container image (IMAGE) with docker, or podman if docker has no engine
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then engine=docker; \
+	elif command -v podman >/dev/null; then engine=podman; \
+	else echo "make image needs docker (with a running engine) or podman"; exit 1; fi; \
+	echo "$$engine build --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) ."; \
+	$$engine build --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) . && $$engine image ls $(IMAGE)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); the seeds also run in make test
 	go test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME) .
