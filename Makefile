@@ -7,7 +7,7 @@ FUZZTIME           ?= 30s
 IMAGE              ?= optipick-webhooks:latest
 GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 
-.PHONY: help demo run sim test build image lint fuzz
+.PHONY: help demo run sim test build image lint fuzz bench loadtest
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,12 @@ image: ## build the container image (IMAGE) with docker, or podman if docker has
 	else echo "make image needs docker (with a running engine) or podman"; exit 1; fi; \
 	echo "$$engine build --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) ."; \
 	$$engine build --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) . && $$engine image ls $(IMAGE)
+
+bench: ## Go benchmarks: verification vs a bare HMAC floor, the handler, decoding a 50 KiB result
+	go test -run '^$$' -bench . -benchmem -count 5 .
+
+loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3)
+	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); the seeds also run in make test
 	go test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME) .

@@ -140,9 +140,10 @@ func statusFor(err error) int {
 // the Svix library verifies: svix-* when all three are there, else webhook-*.
 // It stays the same across Svix's retries and resends of one message.
 func messageID(h http.Header) string {
-	id := h.Get("svix-id")
-	if id == "" || h.Get("svix-timestamp") == "" || h.Get("svix-signature") == "" {
-		id = h.Get("webhook-id")
+	// Canonical names spare Get an allocation.
+	id := h.Get("Svix-Id")
+	if id == "" || h.Get("Svix-Timestamp") == "" || h.Get("Svix-Signature") == "" {
+		id = h.Get("Webhook-Id")
 	}
 	const maxLen = 128 // it reaches the logs before it is verified
 	if len(id) > maxLen {

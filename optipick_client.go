@@ -49,15 +49,15 @@ var (
 // lenient: unknown fields are ignored, and timestamp (which has no time zone)
 // stays a string.
 type optimization struct {
-	RequestID       string            `json:"request_id"`
-	SiteName        string            `json:"site_name"`
-	Timestamp       string            `json:"timestamp"`
-	ComputationTime float64           `json:"computation_time"`
-	Error           json.RawMessage   `json:"error"`
-	AsisDistance    *float64          `json:"asis_distance"`
-	OptimalDistance *float64          `json:"optimal_distance"`
-	OptimalClusters []json.RawMessage `json:"optimal_clusters"`
-	Picks           []json.RawMessage `json:"picks"`
+	RequestID       string          `json:"request_id"`
+	SiteName        string          `json:"site_name"`
+	Timestamp       string          `json:"timestamp"`
+	ComputationTime float64         `json:"computation_time"`
+	Error           json.RawMessage `json:"error"`
+	AsisDistance    *float64        `json:"asis_distance"`
+	OptimalDistance *float64        `json:"optimal_distance"`
+	OptimalClusters []struct{}      `json:"optimal_clusters"` // only counted
+	Picks           []struct{}      `json:"picks"`            // only counted
 
 	raw []byte // the whole result, as the API sent it
 }
@@ -77,10 +77,10 @@ func (o *optimization) failure() string {
 
 // optiPickClient fetches finished optimizations from the OptiPick API.
 type optiPickClient struct {
-	baseURL *url.URL
-	apiKey  string
-	http    *http.Client
-	slots   chan struct{} // one per API call in flight
+	optimizeURL string // {base}/optimize, without a trailing slash
+	apiKey      string
+	http        *http.Client
+	slots       chan struct{} // one per API call in flight
 }
 
 // newOptiPickClient returns a client for the API at baseURL. A nil transport
@@ -101,8 +101,8 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, transport http.RoundTrip
 		}
 	}
 	return &optiPickClient{
-		baseURL: baseURL,
-		apiKey:  apiKey,
+		optimizeURL: baseURL.JoinPath("optimize").String(),
+		apiKey:      apiKey,
 		// Deadlines come from each call's context.
 		http:  &http.Client{Transport: transport},
 		slots: make(chan struct{}, maxConcurrentFetches),
@@ -113,7 +113,7 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, transport http.RoundTrip
 // and 429 with exponential backoff and jitter while ctx's deadline leaves
 // time. Other answers are final: the caller reports them and Svix retries.
 func (c *optiPickClient) fetch(ctx context.Context, kind, requestID string) (*optimization, error) {
-	target, err := optimizationURL(c.baseURL, kind, requestID)
+	target, err := optimizationURL(c.optimizeURL, kind, requestID)
 	if err != nil {
 		return nil, err
 	}
@@ -176,10 +176,16 @@ func (c *optiPickClient) get(ctx context.Context, target string) (*optimization,
 		}
 	}
 
-	if resp.ContentLength > maxResultBytes {
-		return nil, fmt.Errorf("OptiPick API result is %d bytes, more than the %d this service reads", resp.ContentLength, maxResultBytes)
+	return decodeResult(resp.Body, resp.ContentLength)
+}
+
+// decodeResult reads and decodes a result of at most maxResultBytes.
+// contentLength is the answer's Content-Length, or -1.
+func decodeResult(body io.Reader, contentLength int64) (*optimization, error) {
+	if contentLength > maxResultBytes {
+		return nil, fmt.Errorf("OptiPick API result is %d bytes, more than the %d this service reads", contentLength, maxResultBytes)
 	}
-	raw, err := readAll(io.LimitReader(resp.Body, maxResultBytes+1), resp.ContentLength)
+	raw, err := readAll(io.LimitReader(body, maxResultBytes+1), contentLength)
 	if err != nil {
 		return nil, fmt.Errorf("reading OptiPick API result: %w", err)
 	}
@@ -261,16 +267,17 @@ func parseRetryAfter(value string, now time.Time) time.Duration {
 	return 0
 }
 
-// optimizationURL is {base}/optimize/{kind}/{requestID}. It refuses ids that
-// could leave that path, whatever the caller checked before.
-func optimizationURL(base *url.URL, kind, requestID string) (string, error) {
+// optimizationURL is {optimizeURL}/{kind}/{requestID}, where optimizeURL is
+// {base}/optimize. It refuses ids that could leave that path, whatever the
+// caller checked before: valid ids need no escaping.
+func optimizationURL(optimizeURL, kind, requestID string) (string, error) {
 	if kind != "cluster" && kind != "route" {
 		return "", fmt.Errorf("unknown optimization kind %q", kind)
 	}
 	if !validRequestID(requestID) {
 		return "", errors.New("invalid request_id")
 	}
-	return base.JoinPath("optimize", kind, requestID).String(), nil
+	return optimizeURL + "/" + kind + "/" + requestID, nil
 }
 
 // validRequestID accepts 1 to 128 of [A-Za-z0-9_-]: OptiPick's ids are

@@ -164,11 +164,11 @@ func TestOptimizationURL(t *testing.T) {
 		{"http://127.0.0.1:9000//v1//", "http://127.0.0.1:9000/v1/optimize/cluster/abc"},
 	} {
 		base, _ := url.Parse(tc.base)
-		if got, err := optimizationURL(base, "cluster", "abc"); err != nil || got != tc.want {
+		if got, err := optimizationURL(base.JoinPath("optimize").String(), "cluster", "abc"); err != nil || got != tc.want {
 			t.Errorf("optimizationURL(%q) = %q, %v; want %q", tc.base, got, err, tc.want)
 		}
 	}
-	base, _ := url.Parse("https://optipick.example")
+	base := "https://optipick.example/optimize"
 	for _, id := range []string{"", ".", "..", "../x", "a/b", "x?y", "%2e%2e", "a\r\nb", "a#b", "ä", strings.Repeat("a", 129)} {
 		if got, err := optimizationURL(base, "route", id); err == nil {
 			t.Errorf("optimizationURL(id %q) = %q, want an error", id, got)
@@ -189,7 +189,7 @@ func FuzzOptimizationURL(f *testing.F) {
 	f.Fuzz(func(t *testing.T, id string) {
 		for _, raw := range bases {
 			base, _ := url.Parse(raw)
-			got, err := optimizationURL(base, "route", id)
+			got, err := optimizationURL(base.JoinPath("optimize").String(), "route", id)
 			if err != nil {
 				continue
 			}
@@ -217,6 +217,7 @@ func TestResultDecodingIsLenient(t *testing.T) {
 		{"a field of another type", `{"site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
 		{"error as a string", `{"site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
 		{"error as an object", `{"site_name":"S","error":{"code":7}}`, false, "S", `{"code":7}`, 0},
+		{"clusters that are not objects are still counted", `{"site_name":"S","optimal_clusters":["a",[1],null]}`, false, "S", "", 3},
 		{"not JSON", `<html>`, true, "", "", 0},
 		{"truncated", `{"site_name":"S"`, true, "", "", 0},
 	} {
