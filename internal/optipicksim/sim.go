@@ -294,8 +294,12 @@ func (s *Simulator) deliver(kind, requestID string) {
 		s.mu.Lock()
 		s.attempts = append(s.attempts, attempt)
 		s.mu.Unlock()
-		s.log.Info("delivery attempt", "kind", kind, "request_id", requestID, "svix_id", msgID, "attempt", number,
-			"status", attempt.Status, "err", attempt.Err, "latency", attempt.Latency.Round(time.Microsecond).String())
+		attrs := []any{"kind", kind, "request_id", requestID, "svix_id", msgID, "attempt", number,
+			"status", attempt.Status, "latency", attempt.Latency.Round(time.Microsecond).String()}
+		if attempt.Err != "" {
+			attrs = append(attrs, "err", attempt.Err)
+		}
+		s.log.Info("delivery attempt", attrs...)
 		switch {
 		case attempt.Succeeded():
 			return
