@@ -4,7 +4,8 @@
 # Keep in step with the go line of go.mod (make image passes it).
 ARG GO_VERSION=1.26
 
-FROM golang:${GO_VERSION}-bookworm AS build
+# Fully qualified, so that podman needs no registry alias.
+FROM docker.io/library/golang:${GO_VERSION}-bookworm AS build
 WORKDIR /src
 # Modules first, in their own layer: source edits do not download again.
 COPY go.mod go.sum ./
