@@ -28,12 +28,12 @@ test: ## go vet, then every test with the race detector
 build: ## build the receiver into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o $(BINARY) .
 
-image: ## build the container image (IMAGE) with docker, or podman if docker has no engine
-	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then engine=docker; \
-	elif command -v podman >/dev/null; then engine=podman; \
+image: ## build the container image (IMAGE) with docker, or podman (docker format, keeping HEALTHCHECK)
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then engine="docker build"; \
+	elif command -v podman >/dev/null; then engine="podman build --format docker"; \
 	else echo "make image needs docker (with a running engine) or podman"; exit 1; fi; \
-	echo "$$engine build --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) ."; \
-	$$engine build --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) . && $$engine image ls $(IMAGE)
+	echo "$$engine --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) ."; \
+	$$engine --build-arg GO_VERSION=$(GO_VERSION) -t $(IMAGE) . && $${engine%% *} image ls $(IMAGE)
 
 bench: ## Go benchmarks: verification vs a bare HMAC floor, the handler, decoding a 50 KiB result
 	go test -run '^$$' -bench . -benchmem -count 5 .
