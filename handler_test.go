@@ -419,7 +419,7 @@ func TestSecretsNeverReachTheLogs(t *testing.T) {
 	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
 		// An API that echoes what it got must not make the log leak the key.
 		w.WriteHeader(http.StatusForbidden)
-		fmt.Fprintf(w, `{"message":"Forbidden"}`)
+		fmt.Fprintf(w, `{"message":"Forbidden","key":%q}`, r.Header.Get("X-API-KEY"))
 	}
 	rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
 	rig.deliver(signedDelivery(t, wrongSecret, "/webhook/cluster", requestBody(testRequestID)))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -166,7 +167,10 @@ func (c *optiPickClient) get(ctx context.Context, target string) (*optimization,
 	defer resp.Body.Close()
 
 	if resp.StatusCode != http.StatusOK {
-		head, _ := io.ReadAll(io.LimitReader(resp.Body, maxExcerptBytes))
+		// Read enough to see whole any copy of the key that starts within
+		// the excerpt: an API that echoes it must not put it in the logs.
+		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxExcerptBytes+len(c.apiKey))))
+		head = bytes.ReplaceAll(head, []byte(c.apiKey), []byte("[API key]"))
 		// Drain a little more so that the connection can be reused.
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, &apiError{
