@@ -66,12 +66,7 @@ func TestReleaseBinaryRunsInAnEmptyRootAsNonroot(t *testing.T) {
 	api := &fakeAPI{}
 	apiServer := httptest.NewServer(api)
 	defer apiServer.Close()
-	p := startReceiver(t, inRoot(), map[string]string{
-		"WEBHOOK_SECRET":   testSecret,
-		"OPTIPICK_API_KEY": testAPIKey,
-		"OPTIPICK_API_URL": apiServer.URL,
-		"PORT":             "0",
-	})
+	p := startReceiver(t, inRoot(), receiverEnv(testSecret, testAPIKey, apiServer.URL))
 
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {

@@ -128,6 +128,11 @@ func startReceiver(t *testing.T, argv []string, env map[string]string) *process 
 	return p
 }
 
+// receiverEnv configures a receiver on a free port.
+func receiverEnv(secrets, apiKey, apiURL string) map[string]string {
+	return map[string]string{"WEBHOOK_SECRET": secrets, "OPTIPICK_API_KEY": apiKey, "OPTIPICK_API_URL": apiURL, "PORT": "0"}
+}
+
 // waitFor returns the next log line whose msg is msg.
 func (p *process) waitFor(t *testing.T, msg string, timeout time.Duration) map[string]any {
 	t.Helper()
@@ -166,12 +171,7 @@ func TestBinaryAnswersABattery(t *testing.T) {
 	api := &fakeAPI{}
 	apiServer := httptest.NewServer(api)
 	defer apiServer.Close()
-	p := startReceiver(t, []string{receiverBinary(t)}, map[string]string{
-		"WEBHOOK_SECRET":   testSecret + "," + secondSecret,
-		"OPTIPICK_API_KEY": testAPIKey,
-		"OPTIPICK_API_URL": apiServer.URL,
-		"PORT":             "0",
-	})
+	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(testSecret+","+secondSecret, testAPIKey, apiServer.URL))
 
 	body := requestBody(testRequestID)
 	stale := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_stale", time.Now().Add(-6*time.Minute))
@@ -223,12 +223,7 @@ func TestSIGTERMDrainsInFlightDeliveries(t *testing.T) {
 	}}
 	apiServer := httptest.NewServer(api)
 	defer apiServer.Close()
-	p := startReceiver(t, []string{receiverBinary(t)}, map[string]string{
-		"WEBHOOK_SECRET":   testSecret,
-		"OPTIPICK_API_KEY": testAPIKey,
-		"OPTIPICK_API_URL": apiServer.URL,
-		"PORT":             "0",
-	})
+	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(testSecret, testAPIKey, apiServer.URL))
 
 	answered := make(chan int, 1)
 	go func() {
@@ -337,12 +332,7 @@ func TestSimulatorEndToEnd(t *testing.T) {
 	defer simServer.Close()
 	defer sim.Close()
 
-	p := startReceiver(t, []string{receiverBinary(t)}, map[string]string{
-		"WEBHOOK_SECRET":   secret,
-		"OPTIPICK_API_KEY": apiKey,
-		"OPTIPICK_API_URL": simServer.URL,
-		"PORT":             "0",
-	})
+	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(secret, apiKey, simServer.URL))
 	mu.Lock()
 	receiverURL = p.URL
 	mu.Unlock()

@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -338,9 +339,9 @@ func startFakeAPI() (url string, calls *atomic.Int64, stop func(), err error) {
 	example, _ := json.Marshal(optipicksim.ExampleRequest())
 	req, _ := http.NewRequest(http.MethodPost, "/optimize/cluster", bytes.NewReader(example))
 	req.Header.Set("X-API-KEY", apiKey)
-	recorder := &bytesResponse{header: http.Header{}}
+	recorder := httptest.NewRecorder()
 	sim.Handler().ServeHTTP(recorder, req)
-	result := recorder.body.Bytes()
+	result := recorder.Body.Bytes()
 
 	calls = &atomic.Int64{}
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
@@ -359,15 +360,6 @@ func startFakeAPI() (url string, calls *atomic.Int64, stop func(), err error) {
 	go srv.Serve(listener)
 	return "http://" + listener.Addr().String(), calls, func() { srv.Close() }, nil
 }
-
-type bytesResponse struct {
-	header http.Header
-	body   bytes.Buffer
-}
-
-func (b *bytesResponse) Header() http.Header         { return b.header }
-func (b *bytesResponse) WriteHeader(int)             {}
-func (b *bytesResponse) Write(p []byte) (int, error) { return b.body.Write(p) }
 
 // serveBaseline is the bare server the receiver is compared with: it does
 // the receiver's I/O (read the body, one GET to the API, one log line,

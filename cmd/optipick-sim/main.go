@@ -49,7 +49,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	firstSecret, _, _ := strings.Cut(strings.TrimSpace(strings.ReplaceAll(getenv("WEBHOOK_SECRET"), ",", " ")), " ")
+	var firstSecret string
+	if secrets := strings.Fields(strings.ReplaceAll(getenv("WEBHOOK_SECRET"), ",", " ")); len(secrets) > 0 {
+		firstSecret = secrets[0]
+	}
 	flags := flag.NewFlagSet("optipick-sim", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	addr := flags.String("addr", "127.0.0.1:8090", "address to serve the simulated API on (port 0: a free one, logged)")
