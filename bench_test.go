@@ -9,18 +9,14 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"optipick-webhooks/internal/optipicksim"
 )
 
 // signed1KiB is a 1 KiB body with its svix-* headers, signed with secret.
@@ -65,7 +61,7 @@ func BenchmarkVerify1KiB(b *testing.B) {
 		{"library/2-secrets,second-matches", []string{secondSecret, testSecret}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			v, err := parseSecrets(strings.Join(tc.secrets, " "))
+			v, err := newVerifier(strings.Join(tc.secrets, " "))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -83,15 +79,16 @@ func BenchmarkVerify1KiB(b *testing.B) {
 // BenchmarkHandler is one whole delivery through ServeHTTP: read, verify,
 // decode, dedupe bookkeeping, an in-memory fetch and the info log line.
 func BenchmarkHandler(b *testing.B) {
-	v, _ := parseSecrets(testSecret)
-	result, err := decodeResult(bytes.NewReader(clusterResultJSON(b, 10)), -1)
+	v, _ := newVerifier(testSecret)
+	raw := clusterResultJSON(10)
+	result, err := decodeResult(bytes.NewReader(raw), testRequestID)
 	if err != nil {
 		b.Fatal(err)
 	}
-	fetch := func(ctx context.Context, kind, requestID string) (*optimization, error) { return result, nil }
+	fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) { return result, nil }
 	logger := newLogger(io.Discard, slog.LevelInfo, "json")
 	// Window 0: every iteration is a new delivery, not a remembered one.
-	handler := newHandler(logger, v, fetch, newDedupe(0, 1))
+	handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1))
 
 	body := requestBody(testRequestID)
 	template := signedDelivery(b, testSecret, "/webhook/cluster", body)
@@ -112,49 +109,57 @@ func BenchmarkHandler(b *testing.B) {
 	}
 }
 
-// BenchmarkDecodeClusterResult50KiB decodes a realistic cluster result of
-// about 50 KiB, as the client does with every fetched optimization.
-func BenchmarkDecodeClusterResult50KiB(b *testing.B) {
-	raw := clusterResultJSON(b, 750)
-	if len(raw) < 45<<10 || len(raw) > 55<<10 {
-		b.Fatalf("result is %d bytes, want about 50 KiB", len(raw))
-	}
-	b.SetBytes(int64(len(raw)))
-	b.ReportAllocs()
-	for b.Loop() {
-		result, err := decodeResult(bytes.NewReader(raw), int64(len(raw)))
-		if err != nil || len(result.OptimalClusters) == 0 {
-			b.Fatal(err)
+// BenchmarkDecodeClusterResult decodes realistic cluster results, as the
+// client does with every fetched optimization: a typical one of a few KiB
+// and a large one of about 50 KiB.
+func BenchmarkDecodeClusterResult(b *testing.B) {
+	for _, tc := range []struct {
+		name     string
+		picks    int
+		min, max int
+	}{
+		{"2.5KiB", 30, 2 << 10, 3 << 10},
+		{"50KiB", 600, 45 << 10, 55 << 10},
+	} {
+		raw := clusterResultJSON(tc.picks)
+		if len(raw) < tc.min || len(raw) > tc.max {
+			b.Fatalf("result is %d bytes, want %d to %d", len(raw), tc.min, tc.max)
 		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(raw)))
+			b.ReportAllocs()
+			for b.Loop() {
+				result, err := decodeResult(bytes.NewReader(raw), testRequestID)
+				if err != nil || result.Clusters == 0 {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
-// clusterResultJSON is a cluster result for picks picks, made by the
-// simulator, in OptiPick's shape.
-func clusterResultJSON(b *testing.B, picks int) []byte {
-	sim, err := optipicksim.New(optipicksim.Config{APIKey: "bench"})
-	if err != nil {
-		b.Fatal(err)
+// clusterResultJSON is a cluster result for picks picks in the shape of a
+// real one: every pick in an as-is and an optimal cluster of three orders.
+func clusterResultJSON(picks int) []byte {
+	clusters := func(prefix string, distance int) string {
+		var out []string
+		for c := 0; c*6 < picks; c++ {
+			var ids, orders []string
+			for p := c * 6; p < min(picks, c*6+6); p++ {
+				ids = append(ids, strconv.Quote(fmt.Sprintf("pick-%d", p)))
+				orders = append(orders, strconv.Quote(fmt.Sprintf("order-%d", p/2)))
+			}
+			out = append(out, fmt.Sprintf(`{"list_id":"%s%d","picks":[%s],"order_ids":[%s],"estimated_distance":%d}`,
+				prefix, c, strings.Join(ids, ","), strings.Join(orders, ","), distance+c))
+		}
+		return "[" + strings.Join(out, ",") + "]"
 	}
-	defer sim.Close()
-	req := optipicksim.OptimizeRequest{SiteName: "Example", WaveID: "wave-bench"}
-	for i := range picks {
-		location := fmt.Sprintf("%c-%02d", 'A'+i%12, 1+i*7%40)
-		req.Picks = append(req.Picks, optipicksim.Pick{
-			PickID:     "pick-" + strconv.Itoa(i),
-			LocationID: json.RawMessage(strconv.Quote(location)),
-			OrderID:    "order-" + strconv.Itoa(i/3),
-		})
-	}
-	body, _ := json.Marshal(req)
-	httpReq := httptest.NewRequest(http.MethodPost, "/optimize/cluster", bytes.NewReader(body))
-	httpReq.Header.Set("X-API-KEY", "bench")
-	resp := httptest.NewRecorder()
-	sim.Handler().ServeHTTP(resp, httpReq)
-	if resp.Code != http.StatusOK {
-		b.Fatalf("simulator: %d %s", resp.Code, resp.Body)
-	}
-	return resp.Body.Bytes()
+	return fmt.Appendf(nil, `{"_id":"674f5c1e2b8a4d0012ab0000","request_id":%q,"ownerId":"673f48095739843f4de65ec9",`+
+		`"site_name":"Example","site_id":"6740aa","wave_id":"wave-bench","timestamp":"2024-12-04T16:52:49.303000",`+
+		`"computation_time":0.53,"error":null,"purpose":"bench","visualization_url":"https://example.invalid/v",`+
+		`"type":"CLUSTER","unit":"cm","invalid_picks":[],"extra":{},"asis_clusters":%s,"optimal_clusters":%s,`+
+		`"asis_distance":%d,"optimal_distance":%d}`,
+		testRequestID, clusters("o", 2000), clusters("c", 1000), 2000*picks, 1000*picks)
 }
 
 // rewindBody is a request body that can be read again, so that the

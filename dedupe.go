@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // dedupe makes Svix's at-least-once delivery do the work about once:
@@ -18,11 +19,11 @@ import (
 type dedupe struct {
 	window   time.Duration // 0 remembers nothing
 	capacity int
+	inflight singleflight.Group
 
-	mu       sync.Mutex
-	handled  map[string]time.Time // key → when it was handled
-	order    []handledEntry       // the same entries, oldest first
-	inflight map[string]*inflightWork
+	mu      sync.Mutex
+	handled map[string]time.Time // key → when it was handled
+	order   []handledEntry       // the same entries, oldest first
 }
 
 type handledEntry struct {
@@ -30,60 +31,54 @@ type handledEntry struct {
 	at  time.Time
 }
 
-type inflightWork struct {
-	done chan struct{} // closed when err is set
-	err  error
-}
-
-var errWorkPanicked = errors.New("handling the delivery panicked")
-
 func newDedupe(window time.Duration, capacity int) *dedupe {
-	return &dedupe{
-		window:   window,
-		capacity: capacity,
-		handled:  make(map[string]time.Time),
-		inflight: make(map[string]*inflightWork),
-	}
+	return &dedupe{window: window, capacity: capacity, handled: make(map[string]time.Time)}
 }
 
-// do runs work for key, unless key was handled within the window (then it
-// reports alreadyHandled) or another do for key is running (then it waits for
-// that one and shares its outcome, or gives up when ctx ends).
+// do runs work for key, unless key was handled within the window, or
+// another do for key is running: then it waits for that one and shares its
+// outcome. alreadyHandled reports that this call did not run work itself
+// and the work succeeded. work runs with the context of the call that runs
+// it, whose deadline bounds the wait of the others.
 func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) error) (alreadyHandled bool, err error) {
-	d.mu.Lock()
-	if at, ok := d.handled[key]; ok && time.Since(at) < d.window {
-		d.mu.Unlock()
-		return true, nil
-	}
-	if running, ok := d.inflight[key]; ok {
-		d.mu.Unlock()
-		select {
-		case <-running.done:
-			return running.err == nil, running.err
-		case <-ctx.Done():
-			return false, ctx.Err()
+	ran := false
+	_, err, _ = d.inflight.Do(key, func() (any, error) {
+		// Checked inside the flight: one that just ended has remembered.
+		if d.handledRecently(key) {
+			return nil, nil
 		}
-	}
-	w := &inflightWork{done: make(chan struct{}), err: errWorkPanicked}
-	d.inflight[key] = w
-	d.mu.Unlock()
+		ran = true
+		if err := work(ctx); err != nil {
+			return nil, err
+		}
+		d.remember(key, time.Now())
+		return nil, nil
+	})
+	return !ran && err == nil, err
+}
 
-	defer func() {
-		d.mu.Lock()
-		delete(d.inflight, key)
-		if w.err == nil && d.window > 0 {
-			d.remember(key, time.Now())
-		}
-		d.mu.Unlock()
-		close(w.done)
-	}()
-	w.err = work(ctx)
-	return false, w.err
+// Len is how many handled deliveries are remembered.
+func (d *dedupe) Len() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.handled)
+}
+
+func (d *dedupe) handledRecently(key string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	at, ok := d.handled[key]
+	return ok && time.Since(at) < d.window
 }
 
 // remember records key as handled at now, first forgetting entries that have
-// expired and, while full, the oldest. d.mu must be held.
+// expired and, while full, the oldest.
 func (d *dedupe) remember(key string, now time.Time) {
+	if d.window <= 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for len(d.order) > 0 && (len(d.handled) >= d.capacity || now.Sub(d.order[0].at) >= d.window) {
 		oldest := d.order[0]
 		d.order = d.order[1:]

@@ -29,7 +29,7 @@ func FuzzWebhook(f *testing.F) {
 	f.Add(requestBody(testRequestID), "msg_4", "+99999999999", "v1, v1,, ,v1", false, true)
 	f.Add([]byte("\xff\xfe{"), "msg\r\n5", "12345678901234567890", "v1a,xyz", false, false)
 
-	v, err := parseSecrets(testSecret)
+	v, err := newVerifier(testSecret)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -39,17 +39,18 @@ func FuzzWebhook(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte, msgID, timestamp, signature string, sign, route bool) {
 		var mu sync.Mutex
 		var fetched []string
-		fetch := func(ctx context.Context, kind, requestID string) (*optimization, error) {
-			target, err := optimizationURL(optimizeURL, kind, requestID)
+		fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) {
+			target, err := optimizationURL(optimizeURL, k, requestID)
 			if err != nil {
 				t.Fatalf("the handler fetched an id the URL builder refuses: %q", requestID)
 			}
 			mu.Lock()
 			fetched = append(fetched, target)
 			mu.Unlock()
-			return &optimization{raw: []byte(`{}`)}, nil
+			return &optimization{RequestID: requestID}, nil
 		}
-		handler := newHandler(slog.New(slog.DiscardHandler), v, fetch, newDedupe(0, 1))
+		logger := slog.New(slog.DiscardHandler)
+		handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1))
 
 		kind := "cluster"
 		if route {

@@ -4,35 +4,78 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	"net/http"
 	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	svix "github.com/svix/svix-webhooks/go"
 )
 
 const (
-	// maxBodyBytes caps a delivery's body. OptiPick's bodies are a few dozen
-	// bytes; the Svix library copies the body about three times to verify it.
-	maxBodyBytes = 1 << 20
+	// deliveryDeadline bounds all the work for one delivery (verification,
+	// API calls and their retries, processing the result). Svix counts an
+	// answer after 15 s as a failure: this leaves room for the network.
+	deliveryDeadline = 10 * time.Second
 
-	// dedupeCapacity bounds how many handled deliveries are remembered.
-	dedupeCapacity = 100_000
+	// maxBodyBytes caps a delivery's body. OptiPick's bodies are about 40
+	// bytes ({"request_id": "…"}); 64 KiB leaves them 1,000 times that, while
+	// the Svix library's three copies of a body stay small.
+	maxBodyBytes = 64 << 10
+
+	// A signature header holds one "v1,<base64>" entry per signing secret
+	// the sender uses (two during a rotation). Anything much longer is junk
+	// that the library would otherwise split and compare entry by entry.
+	maxSignatureHeaderBytes = 1 << 10
+	maxSignatures           = 10
+
+	// maxMessageIDBytes caps svix-id: Svix's are about 30 bytes, and the id
+	// is hashed, remembered and logged.
+	maxMessageIDBytes = 256
+
+	// maxSecrets bounds WEBHOOK_SECRET: each secret costs one HMAC of every
+	// rejected body. Two endpoints, each during a rotation, need four.
+	maxSecrets = 8
+
+	// Rejected deliveries (anyone on the internet can make them) are logged
+	// in full up to rejectLogBurst lines per rejectLogInterval; the rest are
+	// counted, and the count is logged when the interval ends.
+	rejectLogBurst    = 20
+	rejectLogInterval = 10 * time.Second
 )
 
-// fetchFunc fetches the finished optimization of the given kind ("cluster"
-// or "route") from the OptiPick API.
-type fetchFunc func(ctx context.Context, kind, requestID string) (*optimization, error)
+// delivery is one verified webhook delivery.
+type delivery struct {
+	Kind      kind   // learnt from the URL it was delivered to
+	MessageID string // svix-id: the same across Svix's retries and resends
+	RequestID string // the optimization to fetch
+}
 
-// newHandler registers every route of the service.
-func newHandler(logger *slog.Logger, v verifier, fetch fetchFunc, seen *dedupe) http.Handler {
+// fetchFunc fetches the finished optimization of kind k.
+type fetchFunc func(ctx context.Context, k kind, requestID string) (*optimization, error)
+
+// processFunc does what the service is for with a fetched result. The
+// delivery is acknowledged (2xx) only when it returns nil; an error answers
+// 5xx, is not remembered, and Svix delivers the message again. Since Svix
+// delivers at least once, whatever it changes must be idempotent, for
+// example keyed on d.MessageID or d.RequestID.
+type processFunc func(ctx context.Context, d delivery, res *optimization) error
+
+// newServer is the whole service as one http.Handler: it registers every
+// route.
+func newServer(logger *slog.Logger, v verifier, fetch fetchFunc, process processFunc, seen *dedupe) http.Handler {
+	rejected := &rejectLog{logger: logger}
 	mux := http.NewServeMux()
-	mux.Handle("POST /webhook/cluster", handleWebhook(logger, "cluster", v, fetch, seen))
-	mux.Handle("POST /webhook/route", handleWebhook(logger, "route", v, fetch, seen))
+	mux.Handle("POST /webhook/cluster", handleWebhook(logger, rejected, kindCluster, v, fetch, process, seen))
+	mux.Handle("POST /webhook/route", handleWebhook(logger, rejected, kindRoute, v, fetch, process, seen))
 	// The path of OptiPick's original example, which only knew clusters.
-	mux.Handle("POST /webhook", handleWebhook(logger, "cluster", v, fetch, seen))
+	mux.Handle("POST /webhook", handleWebhook(logger, rejected, kindCluster, v, fetch, process, seen))
 	mux.Handle("GET /healthz", handleHealthz())
 	return rejectUncleanPaths(mux)
 }
@@ -56,67 +99,48 @@ func handleHealthz() http.Handler {
 	})
 }
 
-// handleWebhook handles deliveries of one kind, in a fixed order: cap and
-// read the body, verify its raw bytes, decode it, then fetch and log the
-// optimization. It answers 2xx only once the result has been logged.
-func handleWebhook(logger *slog.Logger, kind string, v verifier, fetch fetchFunc, seen *dedupe) http.Handler {
+// handleWebhook handles deliveries of kind k: it reads and verifies one
+// (readDelivery), fetches its optimization and processes it, once per
+// message. It answers 2xx only when that work is done.
+func handleWebhook(logger *slog.Logger, rejected *rejectLog, k kind, v verifier, fetch fetchFunc, process processFunc, seen *dedupe) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), deliveryDeadline)
 		defer cancel()
-		msgID := messageID(r.Header)
-		log := logger.With("kind", kind, "svix_id", msgID)
 
-		if r.ContentLength > maxBodyBytes {
-			log.Warn("rejected delivery: body too large", "content_length", r.ContentLength, "limit", maxBodyBytes)
-			http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
-			return
-		}
-		body, err := readAll(http.MaxBytesReader(w, r.Body, maxBodyBytes), r.ContentLength)
+		d, err := readDelivery(w, r, k, v)
 		if err != nil {
-			if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
-				log.Warn("rejected delivery: body too large", "limit", maxBodyBytes)
-				http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
-				return
+			var rej *rejection
+			if !errors.As(err, &rej) {
+				rej = &rejection{status: http.StatusBadRequest, answer: "bad request", reason: err.Error()}
 			}
-			log.Warn("rejected delivery: body could not be read", "err", err)
-			http.Error(w, "body could not be read", http.StatusBadRequest)
+			attrs := []any{"kind", k, "svix_id", logSafe(messageID(r.Header)), "status", rej.status, "reason", rej.reason}
+			if rej.abort {
+				// Genuine but unusable: retrying cannot fix it, so ask Svix to stop.
+				w.Header().Set("webhook-delivery", "abort-message")
+				logger.Warn("rejected signed delivery; asked Svix not to retry", attrs...)
+			} else {
+				rejected.warn("rejected delivery", attrs...)
+			}
+			http.Error(w, rej.answer, rej.status)
 			return
 		}
 
-		if err := v.verify(body, r.Header); err != nil {
-			log.Warn("rejected delivery: signature not verified", "reason", err.Error())
-			http.Error(w, "invalid signature", http.StatusUnauthorized)
-			return
-		}
-
-		var payload struct {
-			RequestID string `json:"request_id"`
-		}
-		if err := json.Unmarshal(body, &payload); err != nil || !validRequestID(payload.RequestID) {
-			// Genuine but unusable: retrying cannot fix it, so ask Svix to stop.
-			log.Warn("rejected signed delivery: body is not JSON with a valid request_id; asked Svix not to retry", "body_bytes", len(body))
-			w.Header().Set("webhook-delivery", "abort-message")
-			http.Error(w, "body must be JSON with a request_id of 1 to 128 letters, digits, _ or -", http.StatusBadRequest)
-			return
-		}
-		log = log.With("request_id", payload.RequestID)
-
-		alreadyHandled, err := seen.do(ctx, kind+"/"+msgID, func(ctx context.Context) error {
-			result, err := fetch(ctx, kind, payload.RequestID)
+		alreadyHandled, err := seen.do(ctx, string(d.Kind)+"/"+d.MessageID, func(ctx context.Context) error {
+			result, err := fetch(ctx, d.Kind, d.RequestID)
 			if err != nil {
 				return err
 			}
-			logResult(ctx, log, kind, result)
-			return nil
+			return process(ctx, d, result)
 		})
 		if err != nil {
 			status := statusFor(err)
-			log.Error("optimization not fetched; Svix will retry", "status", status, "err", err)
-			http.Error(w, "optimization not fetched yet; retry later", status)
+			logger.Error("delivery not handled; Svix will retry", "kind", d.Kind, "svix_id", logSafe(d.MessageID),
+				"request_id", d.RequestID, "status", status, "err", err)
+			http.Error(w, "not handled yet; retry later", status)
 			return
 		}
 		if alreadyHandled {
-			log.Info("delivery already handled; not fetching again")
+			logger.Info("delivery already handled; not fetching again", "kind", d.Kind, "svix_id", logSafe(d.MessageID), "request_id", d.RequestID)
 			io.WriteString(w, "already handled\n")
 			return
 		}
@@ -124,11 +148,74 @@ func handleWebhook(logger *slog.Logger, kind string, v verifier, fetch fetchFunc
 	})
 }
 
-// statusFor maps a failed fetch to the 5xx that makes Svix retry.
+// rejection is why a delivery was refused: its status, what the sender is
+// told, and what the log says.
+type rejection struct {
+	status int
+	answer string // the response body: never a secret or a detail of ours
+	reason string // for the log
+	abort  bool   // genuine: ask Svix not to retry
+}
+
+func (r *rejection) Error() string { return r.reason }
+
+// readDelivery reads and verifies one delivery of kind k, in a fixed order:
+// cap the body, read it, verify its raw bytes (the library's check, after
+// bounding the headers it loops over), then decode it. Nothing of the body
+// is trusted before it is verified.
+func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (delivery, error) {
+	tooLarge := &rejection{status: http.StatusRequestEntityTooLarge, answer: "body too large",
+		reason: fmt.Sprintf("body over %d bytes", maxBodyBytes)}
+	if r.ContentLength > maxBodyBytes {
+		return delivery{}, tooLarge
+	}
+	// The buffer grows with what arrives, never with what Content-Length declares.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
+			return delivery{}, tooLarge
+		}
+		return delivery{}, &rejection{status: http.StatusBadRequest, answer: "body could not be read", reason: "body could not be read: " + err.Error()}
+	}
+
+	if err := v.verify(body, r.Header); err != nil {
+		return delivery{}, &rejection{status: http.StatusUnauthorized, answer: "invalid signature", reason: "signature not verified: " + err.Error()}
+	}
+
+	var payload struct {
+		RequestID string `json:"request_id"`
+	}
+	if err := json.Unmarshal(body, &payload); err != nil || !validRequestID(payload.RequestID) {
+		return delivery{}, &rejection{status: http.StatusBadRequest, abort: true,
+			answer: "body must be JSON with a request_id of 1 to 128 letters, digits, _ or -",
+			reason: fmt.Sprintf("body (%d bytes) is not JSON with a valid request_id", len(body))}
+	}
+	return delivery{Kind: k, MessageID: messageID(r.Header), RequestID: payload.RequestID}, nil
+}
+
+// validRequestID accepts 1 to 128 of [A-Za-z0-9_-]: OptiPick's ids are
+// 24-hex ObjectIds, and nothing else may reach a URL path.
+func validRequestID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// statusFor maps a failed fetch or processing to the 5xx that makes Svix
+// retry: the error's own HTTPStatus() where it has one (the API client's
+// errors do, and a processor's may), 504 for a passed deadline, else 502.
 func statusFor(err error) int {
+	var withStatus interface{ HTTPStatus() int }
 	switch {
-	case errors.Is(err, errBusy), errors.Is(err, errRetryLater), isAPIStatus(err, http.StatusTooManyRequests):
-		return http.StatusServiceUnavailable
+	case errors.As(err, &withStatus):
+		return withStatus.HTTPStatus()
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	default:
@@ -140,24 +227,76 @@ func statusFor(err error) int {
 // the Svix library verifies: svix-* when all three are there, else webhook-*.
 // It stays the same across Svix's retries and resends of one message.
 func messageID(h http.Header) string {
-	// Canonical names spare Get an allocation.
-	id := h.Get("Svix-Id")
-	if id == "" || h.Get("Svix-Timestamp") == "" || h.Get("Svix-Signature") == "" {
-		id = h.Get("Webhook-Id")
-	}
-	const maxLen = 128 // it reaches the logs before it is verified
-	if len(id) > maxLen {
-		id = id[:maxLen]
-	}
+	id, _ := signatureHeaders(h)
 	return id
+}
+
+// signatureHeaders are the message id and signature headers that the Svix
+// library reads, by its own rule.
+func signatureHeaders(h http.Header) (id, signature string) {
+	// Canonical names spare Get an allocation.
+	id, signature = h.Get("Svix-Id"), h.Get("Svix-Signature")
+	if id == "" || signature == "" || h.Get("Svix-Timestamp") == "" {
+		id, signature = h.Get("Webhook-Id"), h.Get("Webhook-Signature")
+	}
+	return id, signature
+}
+
+// logSafe is s as it may appear in a log: unchanged when it is printable
+// ASCII, else quoted with escapes, so that no control or bidirectional-text
+// character sent by a client reaches a log line. Long values are cut.
+func logSafe(s string) string {
+	s = s[:min(len(s), 128)]
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return strconv.QuoteToASCII(s)
+		}
+	}
+	return s
 }
 
 // verifier holds one Svix verifier per configured signing secret.
 type verifier []*svix.Webhook
 
+// newVerifier reads WEBHOOK_SECRET: one or more whsec_ secrets separated by
+// spaces or commas. Its errors never repeat a secret.
+func newVerifier(secrets string) (verifier, error) {
+	entries := strings.FieldsFunc(secrets, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r' })
+	if len(entries) == 0 {
+		return nil, errors.New("required: the endpoint's signing secret (whsec_...) from the OptiPick dashboard")
+	}
+	var v verifier
+	for i, secret := range entries {
+		if strings.ContainsAny(secret, `#"'`) {
+			return nil, fmt.Errorf("secret %d of %d holds # or a quote: put comments on their own line, and no quotes (docker/podman --env-file keep both)", i+1, len(entries))
+		}
+		if !strings.HasPrefix(secret, "whsec_") {
+			return nil, fmt.Errorf("secret %d of %d does not start with whsec_", i+1, len(entries))
+		}
+		// The library's errors quote the bad input: report our own.
+		wh, err := svix.NewWebhook(secret)
+		if err != nil {
+			return nil, fmt.Errorf("secret %d of %d is not whsec_ followed by standard base64", i+1, len(entries))
+		}
+		v = append(v, wh)
+	}
+	if len(v) > maxSecrets {
+		return nil, fmt.Errorf("%d secrets; at most %d (one per endpoint, two during a rotation)", len(v), maxSecrets)
+	}
+	return v, nil
+}
+
 // verify reports whether any of the secrets signed body, with the library's
-// reason (never a secret or a signature) when none did.
+// reason (never a secret or a signature) when none did. Headers too long
+// to come from Svix are refused before the library loops over them.
 func (v verifier) verify(body []byte, header http.Header) error {
+	id, signature := signatureHeaders(header)
+	if len(id) > maxMessageIDBytes {
+		return fmt.Errorf("message id over %d bytes", maxMessageIDBytes)
+	}
+	if len(signature) > maxSignatureHeaderBytes || strings.Count(signature, " ") >= maxSignatures {
+		return fmt.Errorf("signature header over %d bytes or %d signatures", maxSignatureHeaderBytes, maxSignatures)
+	}
 	var firstErr error
 	for _, wh := range v {
 		err := wh.Verify(body, header)
@@ -171,30 +310,73 @@ func (v verifier) verify(body []byte, header http.Header) error {
 	return firstErr
 }
 
-// logResult writes the one summary line of a fetched optimization, and the
-// whole JSON at debug level.
-func logResult(ctx context.Context, log *slog.Logger, kind string, res *optimization) {
-	attrs := []any{"site_name", res.SiteName}
-	if res.AsisDistance != nil && res.OptimalDistance != nil {
-		attrs = append(attrs, "asis_distance", *res.AsisDistance, "optimal_distance", *res.OptimalDistance)
-		if *res.AsisDistance > 0 {
+// logSummary is the default processFunc: one summary line per fetched
+// optimization, and the whole JSON at debug level (when the client kept it).
+func logSummary(logger *slog.Logger) processFunc {
+	return func(ctx context.Context, d delivery, res *optimization) error {
+		attrs := []any{"kind", d.Kind, "svix_id", logSafe(d.MessageID), "request_id", d.RequestID, "site_name", res.SiteName}
+		if res.AsisDistance != nil && res.OptimalDistance != nil {
+			attrs = append(attrs, "asis_distance", *res.AsisDistance, "optimal_distance", *res.OptimalDistance)
 			saving := (*res.AsisDistance - *res.OptimalDistance) / *res.AsisDistance * 100
-			attrs = append(attrs, "saving_pct", math.Round(saving*10)/10)
+			if *res.AsisDistance > 0 && !math.IsInf(saving, 0) && !math.IsNaN(saving) {
+				attrs = append(attrs, "saving_pct", math.Round(saving*10)/10)
+			}
 		}
-	}
-	if kind == "cluster" {
-		attrs = append(attrs, "clusters", len(res.OptimalClusters))
-	} else {
-		attrs = append(attrs, "picks", len(res.Picks))
-	}
-	attrs = append(attrs, "computation_time_s", res.ComputationTime)
+		if d.Kind == kindCluster {
+			attrs = append(attrs, "clusters", res.Clusters)
+		} else {
+			attrs = append(attrs, "picks", res.Picks)
+		}
+		attrs = append(attrs, "computation_time_s", res.ComputationTime)
 
-	if failure := res.failure(); failure != "" {
-		log.WarnContext(ctx, "optimization fetched, but OptiPick reports that it failed", append(attrs, "optimization_error", failure)...)
-	} else {
-		log.InfoContext(ctx, "optimization fetched", attrs...)
+		if res.Error != "" {
+			logger.WarnContext(ctx, "optimization fetched, but OptiPick reports that it failed", append(attrs, "optimization_error", res.Error)...)
+		} else {
+			logger.InfoContext(ctx, "optimization fetched", attrs...)
+		}
+		if res.Raw != nil && logger.Enabled(ctx, slog.LevelDebug) {
+			logger.DebugContext(ctx, "optimization result", "kind", d.Kind, "request_id", d.RequestID, "json", json.RawMessage(res.Raw))
+		}
+		return nil
 	}
-	if log.Enabled(ctx, slog.LevelDebug) {
-		log.DebugContext(ctx, "optimization result", "json", json.RawMessage(res.raw))
+}
+
+// rejectLog bounds the log lines that unauthenticated clients can cause:
+// the first rejectLogBurst of every rejectLogInterval are written, the rest
+// counted, and the count written when the interval ends.
+type rejectLog struct {
+	logger *slog.Logger
+
+	mu         sync.Mutex
+	windowEnd  time.Time
+	written    int
+	suppressed int
+}
+
+func (l *rejectLog) warn(msg string, args ...any) {
+	l.mu.Lock()
+	now := time.Now()
+	if !now.Before(l.windowEnd) {
+		l.windowEnd, l.written = now.Add(rejectLogInterval), 0
 	}
+	if l.written < rejectLogBurst {
+		l.written++
+		l.mu.Unlock()
+		l.logger.Warn(msg, args...)
+		return
+	}
+	l.suppressed++
+	if l.suppressed == 1 {
+		time.AfterFunc(l.windowEnd.Sub(now), l.report)
+	}
+	l.mu.Unlock()
+}
+
+func (l *rejectLog) report() {
+	l.mu.Lock()
+	n := l.suppressed
+	l.suppressed = 0
+	l.mu.Unlock()
+	l.logger.Warn("rejected deliveries not logged, over the log rate limit", "count", n,
+		"limit", fmt.Sprintf("%d per %v", rejectLogBurst, rejectLogInterval))
 }

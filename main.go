@@ -23,19 +23,21 @@ import (
 	"time"
 
 	"github.com/joho/godotenv"
-	svix "github.com/svix/svix-webhooks/go"
 )
 
 const (
-	// deliveryDeadline bounds all the work for one delivery (verification,
-	// API calls and their retries, logging). Svix counts an answer after 15 s
-	// as a failure, so this leaves room for the network on both sides.
-	deliveryDeadline = 10 * time.Second
-
 	// drainTimeout is how long a shutdown waits for in-flight deliveries.
 	// It is longer than deliveryDeadline so that every delivery that was
 	// accepted gets its answer; an orchestrator's grace period must exceed it.
 	drainTimeout = deliveryDeadline + 5*time.Second
+
+	// maxConnections bounds the connections served at once (see
+	// connLimitListener): with the server's timeouts and the body cap, it
+	// bounds what clients can make the service hold.
+	maxConnections = 256
+
+	// dedupeCapacity bounds how many handled deliveries are remembered.
+	dedupeCapacity = 100_000
 
 	defaultAPIURL       = "https://optipick.api.optioryx.com"
 	defaultPort         = "8080"
@@ -77,15 +79,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger := newLogger(stdout, cfg.logLevel, cfg.logFormat)
 
-	client := newOptiPickClient(cfg.apiURL, cfg.apiKey, nil)
-	srv := newServer(newHandler(logger, cfg.verifier, client.fetch, newDedupe(cfg.dedupeWindow, dedupeCapacity)), logger)
+	client := newOptiPickClient(cfg.apiURL, cfg.apiKey, cfg.logLevel <= slog.LevelDebug, nil)
+	handler := newServer(logger, cfg.verifier, client.fetch, logSummary(logger), newDedupe(cfg.dedupeWindow, dedupeCapacity))
+	srv := newHTTPServer(handler, logger)
 
-	listener, err := net.Listen("tcp", net.JoinHostPort("", cfg.port))
+	tcp, err := net.Listen("tcp", net.JoinHostPort("", cfg.port))
 	if err != nil {
 		return fmt.Errorf("PORT: cannot listen: %w", err)
 	}
+	listener := newConnLimitListener(tcp, maxConnections)
+	srv.ConnState = listener.trackState
 	logger.Info("listening", "addr", listener.Addr().String(), "api_url", cfg.apiURL.Redacted(),
 		"secrets", len(cfg.verifier), "dedupe_window", cfg.dedupeWindow.String())
+	if cfg.apiURL.Scheme == "http" && !isLoopback(cfg.apiURL.Hostname()) {
+		logger.Warn("OPTIPICK_API_URL is plain http to another machine: the API key travels in clear text; use https",
+			"api_url", cfg.apiURL.Redacted())
+	}
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(listener) }()
@@ -110,18 +119,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
-// newServer wraps the handler in an http.Server whose every phase has a
+// newHTTPServer wraps the handler in an http.Server whose every phase has a
 // deadline, so that slow or stalled clients cannot hold connections forever.
-func newServer(handler http.Handler, logger *slog.Logger) *http.Server {
+func newHTTPServer(handler http.Handler, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      deliveryDeadline + 5*time.Second,
-		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		IdleTimeout:       30 * time.Second,
+		// Svix sends a few hundred bytes of headers; ingresses add some.
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+}
+
+// isLoopback reports whether host names this machine.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 type config struct {
@@ -140,7 +159,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	var cfg config
 	var err error
 
-	if cfg.verifier, err = parseSecrets(getenv("WEBHOOK_SECRET")); err != nil {
+	if cfg.verifier, err = newVerifier(getenv("WEBHOOK_SECRET")); err != nil {
 		return config{}, fmt.Errorf("WEBHOOK_SECRET: %w", err)
 	}
 
@@ -199,28 +218,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 		}
 	}
 	return cfg, nil
-}
-
-// parseSecrets turns WEBHOOK_SECRET, one or more whsec_ secrets separated by
-// spaces or commas, into a verifier. Empty entries are ignored.
-func parseSecrets(raw string) (verifier, error) {
-	entries := strings.FieldsFunc(raw, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r' })
-	if len(entries) == 0 {
-		return nil, errors.New("required: the endpoint's signing secret (whsec_...) from the OptiPick dashboard")
-	}
-	var v verifier
-	for i, secret := range entries {
-		if !strings.HasPrefix(secret, "whsec_") {
-			return nil, fmt.Errorf("secret %d of %d does not start with whsec_", i+1, len(entries))
-		}
-		// The library's errors quote the bad input: report our own.
-		wh, err := svix.NewWebhook(secret)
-		if err != nil {
-			return nil, fmt.Errorf("secret %d of %d is not whsec_ followed by standard base64", i+1, len(entries))
-		}
-		v = append(v, wh)
-	}
-	return v, nil
 }
 
 func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {

@@ -65,7 +65,7 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 }
 
 func TestSecretsListIgnoresEmptyEntries(t *testing.T) {
-	v, err := parseSecrets(" ," + testSecret + ",, \t" + secondSecret + ",")
+	v, err := newVerifier(" ," + testSecret + ",, \t" + secondSecret + ",")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,18 +177,4 @@ func TestRunEndToEnd(t *testing.T) {
 	for range lines {
 	}
 	assertNoSecrets(t, allLogs.String())
-}
-
-func getenvFrom(env map[string]string) func(string) string {
-	return func(key string) string { return env[key] }
-}
-
-func merge(maps ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range maps {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 const (
@@ -22,8 +24,8 @@ const (
 	// The transport keeps as many idle connections to reuse under load.
 	maxConcurrentFetches = 64
 
-	// maxAttempts bounds the API calls for one delivery; the delivery's
-	// deadline bounds them too.
+	// maxAttempts bounds the API calls for one fetch; the caller's deadline
+	// bounds them too.
 	maxAttempts = 5
 
 	// A first retry waits about firstBackoff, each next one twice as long,
@@ -31,70 +33,80 @@ const (
 	firstBackoff = 200 * time.Millisecond
 	maxBackoff   = 2 * time.Second
 
-	// maxResultBytes caps an optimization result. Results with thousands of
-	// picks are a few MiB.
+	// responseHeaderTimeout gives up on a hung call early enough to leave
+	// time for another one within a delivery's deadline.
+	responseHeaderTimeout = 5 * time.Second
+
+	// maxResultBytes caps how much of a result is read. Results with
+	// thousands of picks are a few MiB. A result is streamed, not held: this
+	// bounds the time spent reading one, not the memory.
 	maxResultBytes = 32 << 20
 
-	// maxExcerptBytes caps how much of an error answer reaches the logs.
+	// maxExcerptBytes caps how much of an unexpected answer reaches the logs.
 	maxExcerptBytes = 256
 )
 
-var (
-	// errBusy: no slot for an API call came free before the deadline.
-	errBusy = errors.New("too many OptiPick API calls in flight")
-	// errRetryLater: the API asked to wait longer than the deadline allows.
-	errRetryLater = errors.New("OptiPick API asked to retry later than this delivery's deadline")
+// kind is the kind of an optimization, and the path segment that names it
+// in the API.
+type kind string
+
+const (
+	kindCluster kind = "cluster"
+	kindRoute   kind = "route"
 )
 
-// optimization is what the receiver reads of an OptiPick result. Decoding is
-// lenient: unknown fields are ignored, and timestamp (which has no time zone)
-// stays a string.
+// unavailableError means "come back later": the work could not be tried
+// now. A delivery that fails with it is answered 503.
+type unavailableError string
+
+func (e unavailableError) Error() string   { return string(e) }
+func (e unavailableError) HTTPStatus() int { return http.StatusServiceUnavailable }
+
+const (
+	// errBusy: no slot for an API call came free before the deadline.
+	errBusy = unavailableError("too many OptiPick API calls in flight")
+	// errRetryLater: the API asked to wait longer than the deadline allows.
+	errRetryLater = unavailableError("OptiPick API asked to retry later than this delivery's deadline")
+)
+
+// optimization is what the receiver reads of an OptiPick result: the fields
+// its summary needs, streamed from the answer. Reading is lenient: unknown
+// fields are skipped, and a known field of an unexpected type is left zero.
 type optimization struct {
-	RequestID       string          `json:"request_id"`
-	SiteName        string          `json:"site_name"`
-	Timestamp       string          `json:"timestamp"`
-	ComputationTime float64         `json:"computation_time"`
-	Error           json.RawMessage `json:"error"`
-	AsisDistance    *float64        `json:"asis_distance"`
-	OptimalDistance *float64        `json:"optimal_distance"`
-	OptimalClusters []struct{}      `json:"optimal_clusters"` // only counted
-	Picks           []struct{}      `json:"picks"`            // only counted
+	RequestID       string
+	SiteName        string
+	ComputationTime float64
+	Error           string   // OptiPick's message when the optimization itself failed
+	AsisDistance    *float64 // nil when absent
+	OptimalDistance *float64 // nil when absent
+	Clusters        int      // len(optimal_clusters)
+	Picks           int      // len(picks)
 
-	raw []byte // the whole result, as the API sent it
-}
-
-// failure is OptiPick's message when the optimization itself failed, or "".
-func (o *optimization) failure() string {
-	text := strings.TrimSpace(string(o.Error))
-	if text == "" || text == "null" {
-		return ""
-	}
-	var s string
-	if json.Unmarshal(o.Error, &s) == nil {
-		text = s
-	}
-	return excerpt([]byte(text), 500)
+	// Raw is the whole result as the API sent it, kept only by a client
+	// made with keepRaw (LOG_LEVEL=debug).
+	Raw []byte
 }
 
 // optiPickClient fetches finished optimizations from the OptiPick API.
 type optiPickClient struct {
 	optimizeURL string // {base}/optimize, without a trailing slash
 	apiKey      string
+	keepRaw     bool
 	http        *http.Client
 	slots       chan struct{} // one per API call in flight
 }
 
-// newOptiPickClient returns a client for the API at baseURL. A nil transport
-// means one sized and timed for this service.
-func newOptiPickClient(baseURL *url.URL, apiKey string, transport http.RoundTripper) *optiPickClient {
+// newOptiPickClient returns a client for the API at baseURL. keepRaw keeps
+// each result's raw JSON in optimization.Raw. A nil transport means one
+// sized and timed for this service.
+func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport http.RoundTripper) *optiPickClient {
 	if transport == nil {
 		transport = &http.Transport{
-			Proxy:             http.ProxyFromEnvironment,
-			DialContext:       (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			ForceAttemptHTTP2: true,
-			// A hung attempt gives up at half the deadline, leaving time to retry.
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:     true,
 			TLSHandshakeTimeout:   3 * time.Second,
-			ResponseHeaderTimeout: deliveryDeadline / 2,
+			ResponseHeaderTimeout: responseHeaderTimeout,
 			MaxConnsPerHost:       maxConcurrentFetches,
 			MaxIdleConns:          maxConcurrentFetches,
 			MaxIdleConnsPerHost:   maxConcurrentFetches,
@@ -104,8 +116,14 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, transport http.RoundTrip
 	return &optiPickClient{
 		optimizeURL: baseURL.JoinPath("optimize").String(),
 		apiKey:      apiKey,
-		// Deadlines come from each call's context.
-		http:  &http.Client{Transport: transport},
+		keepRaw:     keepRaw,
+		http: &http.Client{
+			Transport: transport,
+			// The key goes to the configured API and nowhere else: a
+			// redirect is answered as it is, a failed fetch.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+			// Deadlines come from each call's context.
+		},
 		slots: make(chan struct{}, maxConcurrentFetches),
 	}
 }
@@ -113,13 +131,15 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, transport http.RoundTrip
 // fetch calls GET /optimize/{kind}/{requestID}, retrying network errors, 5xx
 // and 429 with exponential backoff and jitter while ctx's deadline leaves
 // time. Other answers are final: the caller reports them and Svix retries.
-func (c *optiPickClient) fetch(ctx context.Context, kind, requestID string) (*optimization, error) {
-	target, err := optimizationURL(c.optimizeURL, kind, requestID)
+// A 200 counts only when it is this result: a JSON object whose request_id
+// is requestID.
+func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*optimization, error) {
+	target, err := optimizationURL(c.optimizeURL, k, requestID)
 	if err != nil {
 		return nil, err
 	}
 	for attempt := 1; ; attempt++ {
-		result, err := c.get(ctx, target)
+		result, err := c.get(ctx, target, requestID)
 		if err == nil || attempt == maxAttempts || !retryable(ctx, err) {
 			return result, err
 		}
@@ -145,7 +165,7 @@ func (c *optiPickClient) fetch(ctx context.Context, kind, requestID string) (*op
 }
 
 // get makes one API call.
-func (c *optiPickClient) get(ctx context.Context, target string) (*optimization, error) {
+func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*optimization, error) {
 	select {
 	case c.slots <- struct{}{}:
 		defer func() { <-c.slots }()
@@ -168,64 +188,209 @@ func (c *optiPickClient) get(ctx context.Context, target string) (*optimization,
 
 	if resp.StatusCode != http.StatusOK {
 		// Read enough to see whole any copy of the key that starts within
-		// the excerpt: an API that echoes it must not put it in the logs.
+		// the excerpt, then drain a little more so that the connection can
+		// be reused.
 		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxExcerptBytes+len(c.apiKey))))
-		head = bytes.ReplaceAll(head, []byte(c.apiKey), []byte("[API key]"))
-		// Drain a little more so that the connection can be reused.
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, &apiError{
 			Status:     resp.StatusCode,
+			URL:        target,
 			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
-			Excerpt:    excerpt(head, maxExcerptBytes),
+			Excerpt:    c.excerpt(head),
 		}
 	}
 
-	return decodeResult(resp.Body, resp.ContentLength)
-}
-
-// decodeResult reads and decodes a result of at most maxResultBytes.
-// contentLength is the answer's Content-Length, or -1.
-func decodeResult(body io.Reader, contentLength int64) (*optimization, error) {
-	if contentLength > maxResultBytes {
-		return nil, fmt.Errorf("OptiPick API result is %d bytes, more than the %d this service reads", contentLength, maxResultBytes)
+	var raw *bytes.Buffer
+	head := prefixWriter{max: maxExcerptBytes + len(c.apiKey)}
+	var seen io.Writer = &head
+	if c.keepRaw {
+		raw = &bytes.Buffer{}
+		seen = io.MultiWriter(&head, raw)
 	}
-	raw, err := readAll(io.LimitReader(body, maxResultBytes+1), contentLength)
+	limited := &io.LimitedReader{R: resp.Body, N: maxResultBytes + 1}
+	result, err := decodeResult(io.TeeReader(limited, seen), requestID)
+	if limited.N <= 0 {
+		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", target, maxResultBytes)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("reading OptiPick API result: %w", err)
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", target, err, c.excerpt(head.buf))
 	}
-	if len(raw) > maxResultBytes {
-		return nil, fmt.Errorf("OptiPick API result is more than the %d bytes this service reads", maxResultBytes)
-	}
-	result := &optimization{raw: raw}
-	if err := json.Unmarshal(raw, result); err != nil {
-		// A field of an unexpected type only costs that field in the log
-		// line; anything else means the answer is not a result at all.
-		if typeErr := (*json.UnmarshalTypeError)(nil); !errors.As(err, &typeErr) {
-			return nil, fmt.Errorf("OptiPick API answered 200 with a body that is not a JSON result: %w (starts %q)", err, excerpt(raw, 64))
-		}
+	if raw != nil {
+		result.Raw = raw.Bytes()
 	}
 	return result, nil
+}
+
+// decodeResult streams one result, keeping only the fields of the summary.
+// It refuses what is not this result: not a JSON object, trailing data, a
+// duplicate name, no request_id, or another one than wantID.
+func decodeResult(r io.Reader, wantID string) (*optimization, error) {
+	dec := jsontext.NewDecoder(r)
+	if dec.PeekKind() != '{' {
+		if _, err := dec.ReadToken(); err != nil {
+			return nil, fmt.Errorf("not JSON: %w", err)
+		}
+		return nil, errors.New("not a JSON object")
+	}
+	if _, err := dec.ReadToken(); err != nil {
+		return nil, err
+	}
+	res := &optimization{}
+	for dec.PeekKind() != '}' {
+		name, err := dec.ReadToken()
+		if err != nil {
+			return nil, err
+		}
+		if err := res.readField(dec, name.String()); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil { // the closing }
+		return nil, err
+	}
+	if _, err := dec.ReadToken(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
+	}
+	switch {
+	case res.RequestID == "":
+		return nil, errors.New("no request_id")
+	case res.RequestID != wantID:
+		return nil, fmt.Errorf("request_id is %q, not %q", excerptString(res.RequestID, 64), wantID)
+	}
+	return res, nil
+}
+
+// readField reads the value of the top-level field name into res, or skips
+// it. A value of an unexpected type is skipped too.
+func (res *optimization) readField(dec *jsontext.Decoder, name string) error {
+	switch next := dec.PeekKind(); {
+	case next == '"' && (name == "request_id" || name == "site_name" || name == "error"):
+		tok, err := dec.ReadToken()
+		switch name {
+		case "request_id":
+			res.RequestID = tok.String()
+		case "site_name":
+			res.SiteName = excerptString(tok.String(), 200)
+		default:
+			res.Error = excerptString(strings.TrimSpace(tok.String()), 500)
+		}
+		return err
+	case next == '0' && (name == "computation_time" || name == "asis_distance" || name == "optimal_distance"):
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		f, err := tok.Float()
+		if err != nil {
+			return nil // out of float64's range: leave the field out
+		}
+		switch name {
+		case "computation_time":
+			res.ComputationTime = f
+		case "asis_distance":
+			res.AsisDistance = &f
+		default:
+			res.OptimalDistance = &f
+		}
+		return nil
+	case next == '[' && (name == "optimal_clusters" || name == "picks"):
+		n, err := countElements(dec)
+		if name == "picks" {
+			res.Picks = n
+		} else {
+			res.Clusters = n
+		}
+		return err
+	case name == "error" && next != 'n':
+		// Neither a message nor null: keep a bounded rendering of it.
+		value, err := dec.ReadValue()
+		res.Error = excerptString(string(value), 500)
+		return err
+	}
+	return dec.SkipValue()
+}
+
+// countElements reads a JSON array, counting its elements without keeping them.
+func countElements(dec *jsontext.Decoder) (int, error) {
+	if _, err := dec.ReadToken(); err != nil { // [
+		return 0, err
+	}
+	n := 0
+	for dec.PeekKind() != ']' {
+		if err := dec.SkipValue(); err != nil {
+			return n, err
+		}
+		n++
+	}
+	_, err := dec.ReadToken() // ]
+	return n, err
+}
+
+// prefixWriter keeps the first max bytes written to it.
+type prefixWriter struct {
+	max int
+	buf []byte
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	if room := w.max - len(w.buf); room > 0 {
+		w.buf = append(w.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// excerpt is the start of an answer's body for the logs, with the API key
+// redacted wherever the API (or a proxy) echoed it.
+func (c *optiPickClient) excerpt(head []byte) string {
+	return excerptString(string(bytes.ReplaceAll(head, []byte(c.apiKey), []byte("[API key]"))), maxExcerptBytes)
+}
+
+// excerptString is at most max bytes of s, as valid UTF-8 with no control
+// or bidirectional-text characters, so that it reads the same in any log.
+func excerptString(s string, max int) string {
+	s = strings.ToValidUTF8(s[:min(len(s), max)], "\uFFFD")
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\r' || r == '\t':
+			return ' '
+		case !unicode.IsPrint(r):
+			return '\uFFFD'
+		}
+		return r
+	}, s)
 }
 
 // apiError is an API answer other than 200.
 type apiError struct {
 	Status     int
+	URL        string        // what was fetched (never holds the key)
 	RetryAfter time.Duration // 0 when the API did not say
-	Excerpt    string        // the start of the answer's body
+	Excerpt    string        // the start of the answer's body, made safe to log
 }
 
 func (e *apiError) Error() string {
 	msg := fmt.Sprintf("OptiPick API answered %d %s", e.Status, http.StatusText(e.Status))
-	switch e.Status {
-	case http.StatusUnauthorized, http.StatusForbidden:
+	switch {
+	case e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden:
 		msg += " (the API key was rejected: check OPTIPICK_API_KEY; keys can expire)"
-	case http.StatusNotFound, http.StatusUnprocessableEntity:
-		msg += " (is the request_id unknown, or the optimization unfinished?)"
+	case e.Status == http.StatusNotFound || e.Status == http.StatusUnprocessableEntity:
+		msg += " for " + e.URL + " (is the request_id unknown or unfinished, or does OPTIPICK_API_URL point at another service?)"
+	case e.Status >= 300 && e.Status < 400:
+		msg += " (a redirect, not followed: the API key goes only to OPTIPICK_API_URL; check it)"
 	}
 	if e.Excerpt != "" {
-		msg += fmt.Sprintf(": %q", e.Excerpt)
+		msg += ": " + e.Excerpt
 	}
 	return msg
+}
+
+// HTTPStatus is what a delivery that failed with e is answered: 503 when
+// the API throttled us, else 502.
+func (e *apiError) HTTPStatus() int {
+	if e.Status == http.StatusTooManyRequests {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadGateway
 }
 
 // retryable reports whether another attempt may succeed: network errors
@@ -272,63 +437,15 @@ func parseRetryAfter(value string, now time.Time) time.Duration {
 }
 
 // optimizationURL is {optimizeURL}/{kind}/{requestID}, where optimizeURL is
-// {base}/optimize. It refuses ids that could leave that path, whatever the
-// caller checked before: valid ids need no escaping.
-func optimizationURL(optimizeURL, kind, requestID string) (string, error) {
-	if kind != "cluster" && kind != "route" {
-		return "", fmt.Errorf("unknown optimization kind %q", kind)
+// {base}/optimize. It refuses an id that is not one plain path segment (one
+// that would need escaping, or a dot segment), whatever the caller checked:
+// no id can leave that path or add a query.
+func optimizationURL(optimizeURL string, k kind, requestID string) (string, error) {
+	if k != kindCluster && k != kindRoute {
+		return "", fmt.Errorf("unknown optimization kind %q", excerptString(string(k), 32))
 	}
-	if !validRequestID(requestID) {
+	if requestID == "" || requestID == "." || requestID == ".." || url.PathEscape(requestID) != requestID {
 		return "", errors.New("invalid request_id")
 	}
-	return optimizeURL + "/" + kind + "/" + requestID, nil
-}
-
-// validRequestID accepts 1 to 128 of [A-Za-z0-9_-]: OptiPick's ids are
-// 24-hex ObjectIds, and nothing else may reach a URL path.
-func validRequestID(id string) bool {
-	if len(id) == 0 || len(id) > 128 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// readAll reads r to its end into a buffer presized from sizeHint (a
-// Content-Length, or -1), sparing the copies io.ReadAll makes as it grows.
-// The caller limits r.
-func readAll(r io.Reader, sizeHint int64) ([]byte, error) {
-	if sizeHint < 0 || sizeHint > maxResultBytes {
-		sizeHint = 512
-	}
-	buf := make([]byte, 0, sizeHint+1) // +1: room for the read that sees EOF
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-}
-
-// excerpt is at most max bytes of b as valid UTF-8, for logs.
-func excerpt(b []byte, max int) string {
-	return strings.ToValidUTF8(string(b[:min(len(b), max)]), "\uFFFD")
-}
-
-// isAPIStatus reports whether err is the API answering status.
-func isAPIStatus(err error, status int) bool {
-	var apiErr *apiError
-	return errors.As(err, &apiErr) && apiErr.Status == status
+	return optimizeURL + "/" + string(k) + "/" + requestID, nil
 }

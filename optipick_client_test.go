@@ -19,7 +19,7 @@ import (
 func newBubbleClient(t *testing.T, handler http.HandlerFunc) *optiPickClient {
 	t.Helper()
 	base, _ := url.Parse("http://optipick.test")
-	return newOptiPickClient(base, testAPIKey, handlerTransport{handler})
+	return newOptiPickClient(base, testAPIKey, true, handlerTransport{handler})
 }
 
 func TestFetchRetries(t *testing.T) {
@@ -91,7 +91,7 @@ func TestFetchRetriesNetworkErrors(t *testing.T) {
 	defer server.Close()
 	base, _ := url.Parse(server.URL)
 	var calls atomic.Int32
-	client := newOptiPickClient(base, testAPIKey, roundTripFunc(func(req *http.Request) (*http.Response, error) {
+	client := newOptiPickClient(base, testAPIKey, true, roundTripFunc(func(req *http.Request) (*http.Response, error) {
 		if calls.Add(1) == 1 {
 			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
 		}
@@ -101,8 +101,8 @@ func TestFetchRetriesNetworkErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(result.Picks) != 3 || calls.Load() != 2 {
-		t.Errorf("picks = %d, calls = %d; want 3 picks after 2 calls", len(result.Picks), calls.Load())
+	if result.Picks != 3 || calls.Load() != 2 {
+		t.Errorf("picks = %d, calls = %d; want 3 picks after 2 calls", result.Picks, calls.Load())
 	}
 }
 
@@ -169,7 +169,7 @@ func TestOptimizationURL(t *testing.T) {
 		}
 	}
 	base := "https://optipick.example/optimize"
-	for _, id := range []string{"", ".", "..", "../x", "a/b", "x?y", "%2e%2e", "a\r\nb", "a#b", "ä", strings.Repeat("a", 129)} {
+	for _, id := range []string{"", ".", "..", "../x", "a/b", "x?y", "%2e%2e", "a\r\nb", "a#b", "ä", "a b"} {
 		if got, err := optimizationURL(base, "route", id); err == nil {
 			t.Errorf("optimizationURL(id %q) = %q, want an error", id, got)
 		}
@@ -213,13 +213,13 @@ func TestResultDecodingIsLenient(t *testing.T) {
 		wantFailure  string
 		wantClusters int
 	}{
-		{"zone-less timestamp and unknown fields", `{"site_name":"Example","timestamp":"2024-12-04T16:52:49.303000","new_field":{"x":1},"optimal_clusters":[{},{},{}]}`, false, "Example", "", 3},
-		{"a field of another type", `{"site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
-		{"error as a string", `{"site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
-		{"error as an object", `{"site_name":"S","error":{"code":7}}`, false, "S", `{"code":7}`, 0},
-		{"clusters that are not objects are still counted", `{"site_name":"S","optimal_clusters":["a",[1],null]}`, false, "S", "", 3},
+		{"zone-less timestamp and unknown fields", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","timestamp":"2024-12-04T16:52:49.303000","new_field":{"x":1},"optimal_clusters":[{},{},{}]}`, false, "Example", "", 3},
+		{"a field of another type", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
+		{"error as a string", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
+		{"error as an object", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":{"code":7}}`, false, "S", `{"code":7}`, 0},
+		{"clusters that are not objects are still counted", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","optimal_clusters":["a",[1],null]}`, false, "S", "", 3},
 		{"not JSON", `<html>`, true, "", "", 0},
-		{"truncated", `{"site_name":"S"`, true, "", "", 0},
+		{"truncated", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S"`, true, "", "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -234,11 +234,11 @@ func TestResultDecodingIsLenient(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if result.SiteName != tc.wantSite || result.failure() != tc.wantFailure || len(result.OptimalClusters) != tc.wantClusters {
-					t.Errorf("got site %q, failure %q, %d clusters", result.SiteName, result.failure(), len(result.OptimalClusters))
+				if result.SiteName != tc.wantSite || result.Error != tc.wantFailure || result.Clusters != tc.wantClusters {
+					t.Errorf("got site %q, failure %q, %d clusters", result.SiteName, result.Error, result.Clusters)
 				}
-				if string(result.raw) != tc.body {
-					t.Errorf("raw = %q, want the body as sent", result.raw)
+				if string(result.Raw) != tc.body {
+					t.Errorf("raw = %q, want the body as sent", result.Raw)
 				}
 			})
 		})
@@ -263,29 +263,16 @@ func TestAPIErrorMessages(t *testing.T) {
 	for status, want := range map[int]string{
 		401: "the API key was rejected",
 		403: "the API key was rejected",
-		404: "unknown, or the optimization unfinished",
+		404: "for https://optipick.test/optimize/cluster/x (is the request_id unknown or unfinished, or does OPTIPICK_API_URL point at another service?)",
 		500: "500 Internal Server Error",
 	} {
-		err := &apiError{Status: status, Excerpt: `{"message":"x"}`}
-		if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), `{\"message\":\"x\"}`) {
+		err := &apiError{Status: status, URL: "https://optipick.test/optimize/cluster/x", Excerpt: `{"message":"x"}`}
+		if !strings.Contains(err.Error(), want) || !strings.HasSuffix(err.Error(), `: {"message":"x"}`) {
 			t.Errorf("%d: %q lacks %q or the excerpt", status, err, want)
 		}
 	}
 	// "é" is 2 bytes: 255 bytes cut inside the 128th.
-	if got, want := excerpt([]byte(strings.Repeat("é", 200)), 255), strings.Repeat("é", 127)+"\uFFFD"; got != want {
+	if got, want := excerptString(strings.Repeat("é", 200), 255), strings.Repeat("é", 127)+"\uFFFD"; got != want {
 		t.Errorf("excerpt = %q, want %q", got, want)
 	}
 }
-
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	for i := range p {
-		p[i] = 'a'
-	}
-	return len(p), nil
-}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }

@@ -1,15 +1,16 @@
-package main
+package e2e
 
 import (
 	"debug/elf"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"optipick-webhooks/internal/optipicksim"
 )
 
 // nonrootUID is the user of gcr.io/distroless/static-debian12:nonroot.
@@ -63,10 +64,9 @@ func TestReleaseBinaryRunsInAnEmptyRootAsNonroot(t *testing.T) {
 		return append([]string{chroot, fmt.Sprintf("--userspec=%d:%d", nonrootUID, nonrootUID), root, "/optipick-webhooks"}, args...)
 	}
 
-	api := &fakeAPI{}
-	apiServer := httptest.NewServer(api)
-	defer apiServer.Close()
-	p := startReceiver(t, inRoot(), receiverEnv(testSecret, testAPIKey, apiServer.URL))
+	api := newSimAPI(t, optipicksim.Config{})
+	id := api.optimize(t, "cluster", true)
+	p := startReceiver(t, inRoot(), receiverEnv(testSecret, testAPIKey, api.URL))
 
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
@@ -95,9 +95,11 @@ func TestReleaseBinaryRunsInAnEmptyRootAsNonroot(t *testing.T) {
 		}
 	}
 
-	resp = p.post(t, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+	resp = p.post(t, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(id)))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("delivery: %d, want 200", resp.StatusCode)
 	}
-	api.assertCalls(t, []apiCall{{Path: "/optimize/cluster/" + testRequestID, APIKey: testAPIKey}})
+	if got, want := api.getPaths(), []string{"/optimize/cluster/" + id}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("API answered GETs %v, want %v", got, want)
+	}
 }

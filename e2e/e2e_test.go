@@ -1,0 +1,236 @@
+package e2e
+
+// Tests of the built binary, started as a user starts it.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"optipick-webhooks/internal/optipicksim"
+)
+
+// TestBinaryAnswersABattery: the built binary, configured through its
+// environment, answers genuine, forged, stale, malformed and hostile
+// deliveries as documented, and the API sees exactly the genuine ones.
+func TestBinaryAnswersABattery(t *testing.T) {
+	api := newSimAPI(t, optipicksim.Config{})
+	ids := []string{api.optimize(t, "cluster", true), api.optimize(t, "route", true), api.optimize(t, "cluster", true)}
+	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(testSecret+","+secondSecret, testAPIKey, api.URL))
+
+	body := requestBody(ids[0])
+	stale := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_stale", time.Now().Add(-6*time.Minute))
+	for _, tc := range []struct {
+		name       string
+		req        *http.Request
+		wantStatus int
+	}{
+		{"genuine cluster", signedDelivery(t, testSecret, "/webhook/cluster", body), 200},
+		{"genuine route, second secret", signedDelivery(t, secondSecret, "/webhook/route", requestBody(ids[1])), 200},
+		{"genuine on /webhook", signedDelivery(t, testSecret, "/webhook", requestBody(ids[2])), 200},
+		{"genuine, but the API has no such result", signedDelivery(t, testSecret, "/webhook/route", requestBody("674f5c1e2b8a4d0012ab0009")), 502},
+		{"forged", signedDelivery(t, wrongSecret, "/webhook/cluster", body), 401},
+		{"stale", stale, 401},
+		{"unsigned", httptest.NewRequest(http.MethodPost, "/webhook/cluster", bytes.NewReader(body)), 401},
+		{"malformed", signedDelivery(t, testSecret, "/webhook/route", []byte(`{"request`)), 400},
+		{"hostile id", signedDelivery(t, testSecret, "/webhook/route", []byte(`{"request_id":"../../admin"}`)), 400},
+		{"oversized", signedDelivery(t, testSecret, "/webhook/route", bytes.Repeat([]byte("a"), 2<<20)), 413},
+		{"wrong method", httptest.NewRequest(http.MethodGet, "/webhook/route", nil), 405},
+		{"unknown path", signedDelivery(t, testSecret, "/webhooks/cluster", body), 404},
+		{"unclean path", signedDelivery(t, testSecret, "/webhook//cluster", body), 404},
+	} {
+		resp := p.post(t, tc.req)
+		if resp.StatusCode != tc.wantStatus {
+			t.Errorf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.wantStatus)
+		}
+		if tc.wantStatus == 400 && resp.Header.Get("webhook-delivery") != "abort-message" {
+			t.Errorf("%s: no abort-message header", tc.name)
+		}
+	}
+	want := []string{"/optimize/cluster/" + ids[0], "/optimize/route/" + ids[1], "/optimize/cluster/" + ids[2],
+		"/optimize/route/674f5c1e2b8a4d0012ab0009"}
+	if got := api.getPaths(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("API answered GETs %v, want %v", got, want)
+	}
+}
+
+// TestSIGTERMDrainsInFlightDeliveries: SIGTERM while a delivery waits on a
+// slow API lets it finish with 200, refuses new connections, and exits 0.
+func TestSIGTERMDrainsInFlightDeliveries(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseAPI := func() { releaseOnce.Do(func() { close(release) }) }
+	defer releaseAPI()
+	api := newSimAPI(t, optipicksim.Config{})
+	id := api.optimize(t, "cluster", true)
+	api.setGate(func(r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+	})
+	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(testSecret, testAPIKey, api.URL))
+
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(p.onTCP(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(id))))
+		if err != nil {
+			t.Errorf("in-flight delivery: %v", err)
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the delivery never reached the API")
+	}
+
+	signalled := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.waitFor(t, "shutting down: draining in-flight deliveries", 5*time.Second)
+	refused := false
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(p.URL, "http://"), time.Second)
+		if err != nil {
+			refused = true
+			break
+		}
+		conn.Close()
+	}
+	if !refused {
+		t.Error("still accepting new connections while draining")
+	}
+
+	time.Sleep(500 * time.Millisecond) // the API is slow, and the receiver waits for it
+	releaseAPI()
+	select {
+	case code := <-answered:
+		if code != http.StatusOK {
+			t.Errorf("in-flight delivery got %d, want 200", code)
+		}
+	case <-time.After(drainTimeout):
+		t.Fatal("in-flight delivery got no answer")
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Errorf("exit: %v, want status 0", err)
+		}
+	case <-time.After(drainTimeout):
+		t.Fatal("the receiver did not exit")
+	}
+	if took := time.Since(signalled); took > drainTimeout {
+		t.Errorf("took %v from SIGTERM to exit, past the %v drain deadline", took, drainTimeout)
+	}
+}
+
+// TestSimulatorEndToEnd runs the built receiver against the offline
+// simulator: a cluster and a route optimization are delivered, verified and
+// fetched; a 503 in front of the receiver makes the simulator retry with the
+// same svix-id; and the results decode without loss.
+func TestSimulatorEndToEnd(t *testing.T) {
+	secret := testSecret
+
+	// The receiver's address is known only once it runs, and it needs the
+	// simulator's: the simulator delivers through this front, set later.
+	var receiverURL string
+	var mu sync.Mutex
+	seenIDs := map[string][]string{} // path → svix-ids, in order
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seenIDs[r.URL.Path] = append(seenIDs[r.URL.Path], r.Header.Get("svix-id"))
+		first := len(seenIDs[r.URL.Path]) == 1
+		mu.Unlock()
+		if r.URL.Path == "/webhook/cluster" && first {
+			http.Error(w, "down for a moment", http.StatusServiceUnavailable)
+			return
+		}
+		target, _ := url.Parse(receiverURL)
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer front.Close()
+
+	sim := newSimAPI(t, optipicksim.Config{
+		Cluster:       optipicksim.Receiver{URL: front.URL + "/webhook/cluster", Secret: secret},
+		Route:         optipicksim.Receiver{URL: front.URL + "/webhook/route", Secret: secret},
+		OptimizeDelay: 10 * time.Millisecond,
+		TimeScale:     0.001, // the 5 s retry comes after 5 ms
+	})
+
+	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(secret, testAPIKey, sim.URL))
+	mu.Lock()
+	receiverURL = p.URL
+	mu.Unlock()
+
+	requestIDs := map[string]string{}
+	for _, kind := range []string{"cluster", "route"} {
+		requestIDs[sim.optimize(t, kind, false)] = kind
+	}
+	want := maps.Clone(requestIDs)
+
+	summaries := map[string]map[string]any{}
+	for len(requestIDs) > 0 {
+		line := p.waitFor(t, "optimization fetched", 15*time.Second)
+		id := fmt.Sprint(line["request_id"])
+		if kind, ok := requestIDs[id]; !ok || line["kind"] != kind {
+			t.Fatalf("unexpected summary line %v", line)
+		}
+		summaries[id] = line
+		delete(requestIDs, id)
+	}
+
+	mu.Lock()
+	clusterIDs, routeIDs := seenIDs["/webhook/cluster"], seenIDs["/webhook/route"]
+	mu.Unlock()
+	if len(clusterIDs) != 2 || clusterIDs[0] != clusterIDs[1] {
+		t.Errorf("cluster deliveries carried svix-ids %v, want one retry with the same id", clusterIDs)
+	}
+	if len(routeIDs) != 1 {
+		t.Errorf("route deliveries: %v, want one", routeIDs)
+	}
+
+	// The summary lines say what the simulator's results hold.
+	for id, kind := range want {
+		req, _ := http.NewRequest(http.MethodGet, sim.URL+"/optimize/"+kind+"/"+id, nil)
+		req.Header.Set("X-API-KEY", testAPIKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var result map[string]any
+		json.NewDecoder(resp.Body).Decode(&result)
+		resp.Body.Close()
+		line := summaries[id]
+		asis, optimal := result["asis_distance"].(float64), result["optimal_distance"].(float64)
+		saving := math.Round((asis-optimal)/asis*1000) / 10
+		count, countName := len(asSlice(result["optimal_clusters"])), "clusters"
+		if kind == "route" {
+			count, countName = len(asSlice(result["picks"])), "picks"
+		}
+		if line["site_name"] != result["site_name"] || line["asis_distance"] != asis || line["optimal_distance"] != optimal ||
+			line["saving_pct"] != saving || line[countName] != float64(count) || line["computation_time_s"] != result["computation_time"] {
+			t.Errorf("%s summary %v does not match the result %v", kind, line, result)
+		}
+	}
+}
+
+func asSlice(v any) []any {
+	s, _ := v.([]any)
+	return s
+}

@@ -1,0 +1,345 @@
+package main
+
+// The one test harness of the root package: secrets, a fake OptiPick API,
+// signed deliveries, and the real handler wired to them.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	svix "github.com/svix/svix-webhooks/go"
+)
+
+// Secrets and a key made for these tests only.
+var (
+	testSecret   = "whsec_" + base64.StdEncoding.EncodeToString([]byte("optipick-webhooks test secret 1!"))
+	secondSecret = "whsec_" + base64.StdEncoding.EncodeToString([]byte("optipick-webhooks test secret 2!"))
+	wrongSecret  = "whsec_" + base64.StdEncoding.EncodeToString([]byte("a secret nobody configured......"))
+)
+
+const (
+	testAPIKey    = "test-api-key-5f1c9e"
+	testRequestID = "674f5c1e2b8a4d0012ab34cd"
+)
+
+// rig is the real handler with a fake OptiPick API behind it.
+type rig struct {
+	handler http.Handler
+	api     *fakeAPI
+	logs    *syncBuffer
+	// process is what the handler does with a fetched result; by default
+	// the service's own logSummary.
+	process processFunc
+}
+
+// newRig serves the fake API over real TCP.
+func newRig(t *testing.T, secrets ...string) *rig {
+	t.Helper()
+	api := &fakeAPI{}
+	server := httptest.NewServer(api)
+	t.Cleanup(server.Close)
+	return newRigWith(t, api, server.URL, nil, secrets)
+}
+
+// newBubbleRig serves the fake API in memory, for synctest bubbles, where
+// the clock is fake and the network must not be used.
+func newBubbleRig(t *testing.T, secrets ...string) *rig {
+	t.Helper()
+	api := &fakeAPI{}
+	return newRigWith(t, api, "http://optipick.test/latest/", handlerTransport{api}, secrets)
+}
+
+func newRigWith(t *testing.T, api *fakeAPI, apiURL string, transport http.RoundTripper, secrets []string) *rig {
+	t.Helper()
+	v, err := newVerifier(strings.Join(secrets, " "))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := url.Parse(apiURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	logger := newLogger(logs, slog.LevelDebug, "text")
+	client := newOptiPickClient(base, testAPIKey, true, transport)
+	r := &rig{api: api, logs: logs, process: logSummary(logger)}
+	process := func(ctx context.Context, d delivery, res *optimization) error { return r.process(ctx, d, res) }
+	r.handler = newServer(logger, v, client.fetch, process, newDedupe(time.Hour, 1000))
+	t.Cleanup(func() { assertNoSecrets(t, logs.String()) })
+	return r
+}
+
+func (r *rig) deliver(req *http.Request) *httptest.ResponseRecorder {
+	resp := httptest.NewRecorder()
+	r.handler.ServeHTTP(resp, req)
+	return resp
+}
+
+// assertNoSecrets fails if text holds a secret, its key bytes or the API key.
+func assertNoSecrets(t *testing.T, text string) {
+	t.Helper()
+	for _, secret := range []string{testSecret, secondSecret, wrongSecret} {
+		if strings.Contains(text, strings.TrimPrefix(secret, "whsec_")) {
+			t.Errorf("a signing secret reached the output:\n%s", text)
+		}
+	}
+	if strings.Contains(text, testAPIKey) {
+		t.Errorf("the API key reached the output:\n%s", text)
+	}
+}
+
+type apiCall struct {
+	Path   string
+	APIKey string
+}
+
+// fakeAPI stands in for the OptiPick API and records what it received.
+type fakeAPI struct {
+	respond func(w http.ResponseWriter, r *http.Request) // nil: a result of the kind asked for
+
+	mu    sync.Mutex
+	calls []apiCall
+}
+
+func (a *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	a.calls = append(a.calls, apiCall{Path: r.URL.Path, APIKey: r.Header.Get("X-API-KEY")})
+	a.mu.Unlock()
+	if a.respond != nil {
+		a.respond(w, r)
+		return
+	}
+	_, rest, _ := strings.Cut(r.URL.Path, "/optimize/")
+	kind, id, ok := strings.Cut(rest, "/")
+	switch {
+	case r.Method != http.MethodGet || !ok || r.Header.Get("X-API-KEY") != testAPIKey:
+		http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
+	case kind == "cluster":
+		writeClusterResult(w, id)
+	case kind == "route":
+		writeRouteResult(w, id)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (a *fakeAPI) recorded() []apiCall {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]apiCall(nil), a.calls...)
+}
+
+// assertCalls checks the calls, with paths relative to /optimize/.
+func (a *fakeAPI) assertCalls(t *testing.T, want []apiCall) {
+	t.Helper()
+	got := a.recorded()
+	for i := range got { // drop the base URL's path, such as /latest
+		if at := strings.Index(got[i].Path, "/optimize/"); at > 0 {
+			got[i].Path = got[i].Path[at:]
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("API received %v, want %v", got, want)
+	}
+}
+
+// writeClusterResult writes a cluster result in the shape of a real one:
+// as-is 200, optimal 150, two clusters, a timestamp with no time zone.
+func writeClusterResult(w http.ResponseWriter, id string) {
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"_id":"674f5c1e2b8a4d0012ab0000","request_id":%q,"ownerId":"673f48095739843f4de65ec9",
+"site_name":"Example","site_id":"6740aa","wave_id":"wave-1","timestamp":"2024-12-04T16:52:49.303000",
+"computation_time":0.53,"error":null,"purpose":"test","visualization_url":"https://example.invalid/v",
+"type":"CLUSTER","unit":"cm","invalid_picks":[],"extra":{},
+"asis_clusters":[{"list_id":"o1","picks":["p1","p2"],"order_ids":["o1"],"estimated_distance":120},
+ {"list_id":"o2","picks":["p3"],"order_ids":["o2"],"estimated_distance":80}],
+"optimal_clusters":[{"list_id":"c1","picks":["p1","p3"],"order_ids":["o1","o2"],"estimated_distance":100},
+ {"list_id":"c2","picks":["p2"],"order_ids":["o1"],"estimated_distance":50}],
+"asis_distance":200,"optimal_distance":150}`, id)
+}
+
+// writeRouteResult writes a route result in the documented shape.
+func writeRouteResult(w http.ResponseWriter, id string) {
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"request_id":%q,"route_id":"r1","site_name":"Example","wave_id":"wave-1",
+"timestamp":"2024-12-04T16:52:49.303000","computation_time":0.53,"error":null,"unit":"cm","invalid_picks":[],
+"picks":[{"pick_id":"p1","location_id":"A-01","optim_sequence":0,"asis_sequence":2,"path":[],"instructions":[]},
+ {"pick_id":"p2","location_id":"A-07","optim_sequence":2,"asis_sequence":0,"path":[],"instructions":[]},
+ {"pick_id":"p3","location_id":["B-02","B-03"],"optim_sequence":1,"asis_sequence":1,"path":[],"instructions":[]}],
+"extra":{}}`, id)
+}
+
+// handlerTransport serves HTTP requests with a handler, in memory. Like a
+// real transport, it gives up when the request's context ends.
+type handlerTransport struct{ handler http.Handler }
+
+func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	answered := make(chan *http.Response, 1)
+	go func() {
+		resp := httptest.NewRecorder()
+		t.handler.ServeHTTP(resp, req)
+		answered <- resp.Result()
+	}()
+	select {
+	case resp := <-answered:
+		return resp, nil
+	case <-req.Context().Done():
+		return nil, req.Context().Err()
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+func requestBody(id string) []byte {
+	return []byte(`{"request_id":"` + id + `"}`)
+}
+
+var messageCounter struct {
+	sync.Mutex
+	n int
+}
+
+// signedDelivery is a delivery as Svix sends it: a fresh message id, the
+// current time and the library's signature.
+func signedDelivery(t testing.TB, secret, path string, body []byte) *http.Request {
+	messageCounter.Lock()
+	messageCounter.n++
+	id := fmt.Sprintf("msg_test%06d", messageCounter.n)
+	messageCounter.Unlock()
+	return signedDeliveryAt(t, secret, path, body, id, time.Now())
+}
+
+func signedDeliveryAt(t testing.TB, secret, path string, body []byte, msgID string, at time.Time) *http.Request {
+	t.Helper()
+	wh, err := svix.NewWebhook(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signature, err := wh.Sign(msgID, at, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("svix-id", msgID)
+	req.Header.Set("svix-timestamp", fmt.Sprint(at.Unix()))
+	req.Header.Set("svix-signature", signature)
+	return req
+}
+
+// onTheWire makes a request built with signedDelivery sendable by a client.
+func onTheWire(req *http.Request, base string) *http.Request {
+	u, _ := url.Parse(base + req.URL.Path)
+	req.URL, req.Host, req.RequestURI = u, u.Host, ""
+	return req
+}
+
+func setBody(r *http.Request, body []byte) {
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+}
+
+// syncBuffer is a bytes.Buffer that concurrent loggers may share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// logLines reads JSON log lines from r and hands them to waitFor.
+type logLines struct {
+	lines chan map[string]any
+	all   syncBuffer
+}
+
+func readLogLines(t *testing.T, r io.Reader) *logLines {
+	l := &logLines{lines: make(chan map[string]any, 1000)}
+	go func() {
+		defer close(l.lines)
+		scanner := bufio.NewScanner(r)
+		scanner.Buffer(nil, 1<<20)
+		for scanner.Scan() {
+			l.all.Write(append(scanner.Bytes(), '\n'))
+			var line map[string]any
+			if err := json.Unmarshal(scanner.Bytes(), &line); err != nil {
+				t.Errorf("log line is not JSON: %q", scanner.Text())
+				continue
+			}
+			l.lines <- line
+		}
+	}()
+	return l
+}
+
+// waitFor returns the next line whose msg is msg, skipping others.
+func (l *logLines) waitFor(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case line, ok := <-l.lines:
+			if !ok {
+				t.Fatalf("logs ended before %q", msg)
+			}
+			if line["msg"] == msg {
+				return line
+			}
+		case <-timeout:
+			t.Fatalf("no %q log line within 10 s", msg)
+		}
+	}
+}
+
+// zeros reads as an endless run of 'a'.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'a'
+	}
+	return len(p), nil
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+func getenvFrom(env map[string]string) func(string) string {
+	return func(key string) string { return env[key] }
+}
+
+func merge(maps ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range maps {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
