@@ -258,8 +258,16 @@ func TestSlowAPIBoundsCallsInFlight(t *testing.T) {
 		if count[200]+count[503]+count[504] != n || count[503] == 0 || count[200] < maxConcurrentFetches {
 			t.Errorf("answers %v: want 200s, 503s and maybe 504s", count)
 		}
-		if int(calls.Load()) != count[200]+count[504] {
-			t.Errorf("%d API calls for %d answers of 200 or 504: each should be fetched once", calls.Load(), count[200]+count[504])
+		// Each id is fetched at most once; every 200 was fetched; a 504 may
+		// have had no call (its slot came free just as its deadline passed).
+		perPath := map[string]int{}
+		for _, call := range api.recorded() {
+			if perPath[call.Path]++; perPath[call.Path] > 1 {
+				t.Errorf("%s fetched more than once", call.Path)
+			}
+		}
+		if n := int(calls.Load()); n < count[200] || n > count[200]+count[504] {
+			t.Errorf("%d API calls for %d answers of 200 and %d of 504", n, count[200], count[504])
 		}
 	})
 }

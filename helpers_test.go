@@ -64,18 +64,34 @@ func newBubbleRig(t *testing.T, secrets ...string) *rig {
 
 func newRigWith(t *testing.T, api *fakeAPI, apiURL string, transport http.RoundTripper, secrets []string) *rig {
 	t.Helper()
-	v, err := newVerifier(strings.Join(secrets, " "))
+	return buildRig(t, rigConfig{api: api, apiURL: apiURL, transport: transport, secrets: secrets, level: slog.LevelDebug, format: "text"})
+}
+
+// rigConfig is what buildRig wires: the API, the secrets, and the log
+// level and format (debug keeps each result's raw JSON, as the service does).
+type rigConfig struct {
+	api       *fakeAPI
+	apiURL    string
+	transport http.RoundTripper
+	secrets   []string
+	level     slog.Level
+	format    string
+}
+
+func buildRig(t *testing.T, c rigConfig) *rig {
+	t.Helper()
+	v, err := newVerifier(strings.Join(c.secrets, " "))
 	if err != nil {
 		t.Fatal(err)
 	}
-	base, err := url.Parse(apiURL)
+	base, err := url.Parse(c.apiURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	logger := newLogger(logs, slog.LevelDebug, "text")
-	client := newOptiPickClient(base, testAPIKey, true, transport)
-	r := &rig{api: api, logs: logs, process: logSummary(logger)}
+	logger := newLogger(logs, c.level, c.format)
+	client := newOptiPickClient(base, testAPIKey, c.level <= slog.LevelDebug, c.transport)
+	r := &rig{api: c.api, logs: logs, process: logSummary(logger)}
 	process := func(ctx context.Context, d delivery, res *optimization) error { return r.process(ctx, d, res) }
 	r.handler = newServer(logger, v, client.fetch, process, newDedupe(time.Hour, 1000))
 	t.Cleanup(func() { assertNoSecrets(t, logs.String()) })

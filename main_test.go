@@ -178,3 +178,41 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	assertNoSecrets(t, allLogs.String())
 }
+
+// TestPlainHTTPToAnotherHostIsWarnedAbout: the key would travel in clear
+// text; loopback (the simulator) is fine.
+func TestPlainHTTPToAnotherHostIsWarnedAbout(t *testing.T) {
+	const warning = "OPTIPICK_API_URL is plain http to another machine: the API key travels in clear text; use https"
+	for apiURL, wantWarning := range map[string]bool{
+		"http://optipick.example":  true,
+		"http://10.1.2.3:8090":     true,
+		"http://127.0.0.1:8090":    false,
+		"http://localhost:8090":    false,
+		"http://[::1]:8090":        false,
+		"https://optipick.example": false,
+	} {
+		t.Run(apiURL, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			logs, logWriter := io.Pipe()
+			env := map[string]string{"WEBHOOK_SECRET": testSecret, "OPTIPICK_API_KEY": testAPIKey,
+				"OPTIPICK_API_URL": apiURL, "PORT": "0", "LOG_FORMAT": "json"}
+			done := make(chan error, 1)
+			go func() {
+				err := run(ctx, []string{"optipick-webhooks"}, getenvFrom(env), logWriter, io.Discard)
+				logWriter.Close()
+				done <- err
+			}()
+			lines := readLogLines(t, logs)
+			lines.waitFor(t, "listening")
+			cancel()
+			lines.waitFor(t, "stopped")
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(lines.all.String(), warning); got != wantWarning {
+				t.Errorf("warning logged: %v, want %v\n%s", got, wantWarning, lines.all.String())
+			}
+		})
+	}
+}

@@ -208,7 +208,13 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		seen = io.MultiWriter(&head, raw)
 	}
 	limited := &io.LimitedReader{R: resp.Body, N: maxResultBytes + 1}
-	result, err := decodeResult(io.TeeReader(limited, seen), requestID)
+	body := io.TeeReader(limited, seen)
+	result, err := decodeResult(body, requestID)
+	if err != nil {
+		// The decoder stops where the body went wrong: read on far enough
+		// to show the start of it.
+		io.CopyN(io.Discard, body, int64(head.max-len(head.buf)))
+	}
 	if limited.N <= 0 {
 		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", target, maxResultBytes)
 	}
@@ -255,7 +261,7 @@ func decodeResult(r io.Reader, wantID string) (*optimization, error) {
 	case res.RequestID == "":
 		return nil, errors.New("no request_id")
 	case res.RequestID != wantID:
-		return nil, fmt.Errorf("request_id is %q, not %q", excerptString(res.RequestID, 64), wantID)
+		return nil, fmt.Errorf("request_id is %s, not %s", excerptString(res.RequestID, 64), wantID)
 	}
 	return res, nil
 }

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bufio"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// limitedServer serves the service behind a connLimitListener of max
+// connections, counting the connections the server holds open at once.
+func limitedServer(t *testing.T, max int, handler http.Handler) (addr string, peak *atomic.Int32) {
+	t.Helper()
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listener := newConnLimitListener(tcp, max)
+	srv := newHTTPServer(handler, slog.New(slog.DiscardHandler))
+	var open atomic.Int32
+	peak = &atomic.Int32{}
+	srv.ConnState = func(c net.Conn, state http.ConnState) {
+		switch state {
+		case http.StateNew:
+			n := open.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+		listener.trackState(c, state)
+	}
+	go srv.Serve(listener)
+	t.Cleanup(func() { srv.Close() })
+	return tcp.Addr().String(), peak
+}
+
+// idleConn opens a keep-alive connection, makes one request on it and
+// leaves it idle.
+func idleConn(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /healthz: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return conn
+}
+
+// TestIdleConnectionsAreShedForNewClients: with every slot held by idle
+// keep-alive connections, a new client is served (the longest-idle
+// connection is closed for it), and the server never holds more than max.
+func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
+	const max = 4
+	addr, peak := limitedServer(t, max, newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1)))
+	var idle []net.Conn
+	for range max {
+		idle = append(idle, idleConn(t, addr))
+	}
+	time.Sleep(shedAfter) // the policy spares connections that have only just gone quiet
+
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	for i := range 3 {
+		resp, err := client.Get("http://" + addr + "/healthz")
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("new client %d while %d idle connections hold every slot: %v %v", i, max, resp, err)
+		}
+		resp.Body.Close()
+	}
+	if p := peak.Load(); p > max {
+		t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+	}
+	// The first idle connection, the longest quiet, was the one shed.
+	idle[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle[0].Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("longest-idle connection: read %v, want EOF (closed by the server)", err)
+	}
+}
+
+// TestBusyConnectionsAreNotShed: when every slot serves a request, a new
+// client waits for one to end instead of cutting a request short.
+func TestBusyConnectionsAreNotShed(t *testing.T) {
+	const max = 2
+	release := make(chan struct{})
+	var started sync.WaitGroup
+	started.Add(max)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+		started.Done()
+		<-release
+		io.WriteString(w, "done")
+	})
+	mux.HandleFunc("GET /fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
+	addr, peak := limitedServer(t, max, mux)
+
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	slow := make(chan int, max)
+	for range max {
+		go func() {
+			resp, err := client.Get("http://" + addr + "/slow")
+			if err != nil {
+				slow <- 0
+				return
+			}
+			resp.Body.Close()
+			slow <- resp.StatusCode
+		}()
+	}
+	started.Wait()
+	fast := make(chan error, 1)
+	go func() {
+		resp, err := client.Get("http://" + addr + "/fast")
+		if err == nil {
+			resp.Body.Close()
+		}
+		fast <- err
+	}()
+	select {
+	case err := <-fast:
+		t.Fatalf("a new client was served while every slot was busy (%v)", err)
+	case <-time.After(shedAfter + 300*time.Millisecond):
+	}
+	close(release)
+	for range max {
+		if code := <-slow; code != http.StatusOK {
+			t.Errorf("a busy request got %d, want 200: it was cut", code)
+		}
+	}
+	if err := <-fast; err != nil {
+		t.Errorf("the waiting client, once a slot was free: %v", err)
+	}
+	if p := peak.Load(); p > max {
+		t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+	}
+}
