@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	svix "github.com/svix/svix-webhooks/go"
@@ -27,11 +24,10 @@ func Example_processFunc() {
 	}))
 	defer api.Close()
 
-	var mu sync.Mutex
-	stored := map[string]int{} // request_id → clusters: the unique key makes a repeat harmless
+	// Stands in for a table whose unique key on request_id makes a repeat
+	// harmless. A real store must be safe for concurrent deliveries.
+	stored := map[string]int{}
 	store := func(ctx context.Context, d delivery, res *optimization) error {
-		mu.Lock()
-		defer mu.Unlock()
 		stored[d.RequestID] = res.Clusters
 		return nil // an error here answers 5xx, and Svix retries
 	}
@@ -50,13 +46,12 @@ func Example_processFunc() {
 	signature, _ := signer.Sign("msg_example", now, []byte(body))
 	req := httptest.NewRequest(http.MethodPost, "/webhook/cluster", strings.NewReader(body))
 	req.Header.Set("svix-id", "msg_example")
-	req.Header.Set("svix-timestamp", strconv.FormatInt(now.Unix(), 10))
+	req.Header.Set("svix-timestamp", fmt.Sprint(now.Unix()))
 	req.Header.Set("svix-signature", signature)
 
 	resp := httptest.NewRecorder()
 	handler.ServeHTTP(resp, req)
-	answer, _ := io.ReadAll(resp.Result().Body)
-	fmt.Printf("%d %s", resp.Code, answer)
+	fmt.Printf("%d %s", resp.Code, resp.Body)
 	fmt.Println(stored)
 	// Output:
 	// 200 fetched

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -276,7 +275,7 @@ func TestRoutingNeverRedirects(t *testing.T) {
 			rig := newRig(t, testSecret)
 			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
 			req.Method = tc.method
-			req.URL = &url.URL{Path: tc.path}
+			req.URL.Path = tc.path
 			resp := rig.deliver(req)
 			if resp.Code != tc.wantStatus {
 				t.Fatalf("status = %d, want %d (Location %q)", resp.Code, tc.wantStatus, resp.Header().Get("Location"))

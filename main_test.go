@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -99,38 +97,8 @@ func TestRunEndToEnd(t *testing.T) {
 		runErr <- err
 	}()
 
-	lines := make(chan map[string]any, 100)
-	var allLogs strings.Builder
-	go func() {
-		defer close(lines)
-		scanner := bufio.NewScanner(logs)
-		for scanner.Scan() {
-			allLogs.WriteString(scanner.Text() + "\n")
-			var line map[string]any
-			if err := json.Unmarshal(scanner.Bytes(), &line); err != nil {
-				t.Errorf("log line is not JSON: %q", scanner.Text())
-				continue
-			}
-			lines <- line
-		}
-	}()
-	waitFor := func(msg string) map[string]any {
-		t.Helper()
-		timeout := time.After(10 * time.Second)
-		for {
-			select {
-			case line, ok := <-lines:
-				if !ok {
-					t.Fatalf("logs ended before %q", msg)
-				}
-				if line["msg"] == msg {
-					return line
-				}
-			case <-timeout:
-				t.Fatalf("no %q log line", msg)
-			}
-		}
-	}
+	lines := readLogLines(t, logs)
+	waitFor := func(msg string) map[string]any { return lines.waitFor(t, msg) }
 
 	started := waitFor("listening")
 	if started["api_url"] != apiServer.URL+"/latest/" {
@@ -174,9 +142,7 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Fatal("run did not return after cancel")
 	}
 	waitFor("stopped")
-	for range lines {
-	}
-	assertNoSecrets(t, allLogs.String())
+	assertNoSecrets(t, lines.all.String())
 }
 
 // TestPlainHTTPToAnotherHostIsWarnedAbout: the key would travel in clear

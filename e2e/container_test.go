@@ -95,7 +95,7 @@ func TestReleaseBinaryRunsInAnEmptyRootAsNonroot(t *testing.T) {
 		}
 	}
 
-	resp = p.post(t, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(id)))
+	resp = p.post(t, delivery(t, testSecret, "/webhook/cluster", bodyFor(id)))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("delivery: %d, want 200", resp.StatusCode)
 	}

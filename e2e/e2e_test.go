@@ -30,26 +30,26 @@ func TestBinaryAnswersABattery(t *testing.T) {
 	ids := []string{api.optimize(t, "cluster", true), api.optimize(t, "route", true), api.optimize(t, "cluster", true)}
 	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(testSecret+","+secondSecret, testAPIKey, api.URL))
 
-	body := requestBody(ids[0])
-	stale := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_stale", time.Now().Add(-6*time.Minute))
+	body := bodyFor(ids[0])
+	stale := deliveryAt(t, testSecret, "/webhook/cluster", body, "msg_stale", time.Now().Add(-6*time.Minute))
 	for _, tc := range []struct {
 		name       string
 		req        *http.Request
 		wantStatus int
 	}{
-		{"genuine cluster", signedDelivery(t, testSecret, "/webhook/cluster", body), 200},
-		{"genuine route, second secret", signedDelivery(t, secondSecret, "/webhook/route", requestBody(ids[1])), 200},
-		{"genuine on /webhook", signedDelivery(t, testSecret, "/webhook", requestBody(ids[2])), 200},
-		{"genuine, but the API has no such result", signedDelivery(t, testSecret, "/webhook/route", requestBody("674f5c1e2b8a4d0012ab0009")), 502},
-		{"forged", signedDelivery(t, wrongSecret, "/webhook/cluster", body), 401},
+		{"genuine cluster", delivery(t, testSecret, "/webhook/cluster", body), 200},
+		{"genuine route, second secret", delivery(t, secondSecret, "/webhook/route", bodyFor(ids[1])), 200},
+		{"genuine on /webhook", delivery(t, testSecret, "/webhook", bodyFor(ids[2])), 200},
+		{"genuine, but the API has no such result", delivery(t, testSecret, "/webhook/route", bodyFor("674f5c1e2b8a4d0012ab0009")), 502},
+		{"forged", delivery(t, wrongSecret, "/webhook/cluster", body), 401},
 		{"stale", stale, 401},
 		{"unsigned", httptest.NewRequest(http.MethodPost, "/webhook/cluster", bytes.NewReader(body)), 401},
-		{"malformed", signedDelivery(t, testSecret, "/webhook/route", []byte(`{"request`)), 400},
-		{"hostile id", signedDelivery(t, testSecret, "/webhook/route", []byte(`{"request_id":"../../admin"}`)), 400},
-		{"oversized", signedDelivery(t, testSecret, "/webhook/route", bytes.Repeat([]byte("a"), 2<<20)), 413},
+		{"malformed", delivery(t, testSecret, "/webhook/route", []byte(`{"request`)), 400},
+		{"hostile id", delivery(t, testSecret, "/webhook/route", []byte(`{"request_id":"../../admin"}`)), 400},
+		{"oversized", delivery(t, testSecret, "/webhook/route", bytes.Repeat([]byte("a"), 2<<20)), 413},
 		{"wrong method", httptest.NewRequest(http.MethodGet, "/webhook/route", nil), 405},
-		{"unknown path", signedDelivery(t, testSecret, "/webhooks/cluster", body), 404},
-		{"unclean path", signedDelivery(t, testSecret, "/webhook//cluster", body), 404},
+		{"unknown path", delivery(t, testSecret, "/webhooks/cluster", body), 404},
+		{"unclean path", delivery(t, testSecret, "/webhook//cluster", body), 404},
 	} {
 		resp := p.post(t, tc.req)
 		if resp.StatusCode != tc.wantStatus {
@@ -84,7 +84,7 @@ func TestSIGTERMDrainsInFlightDeliveries(t *testing.T) {
 
 	answered := make(chan int, 1)
 	go func() {
-		resp, err := http.DefaultClient.Do(p.onTCP(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(id))))
+		resp, err := http.DefaultClient.Do(p.onTCP(delivery(t, testSecret, "/webhook/cluster", bodyFor(id))))
 		if err != nil {
 			t.Errorf("in-flight delivery: %v", err)
 			answered <- 0

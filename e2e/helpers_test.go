@@ -19,10 +19,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
-
-	svix "github.com/svix/svix-webhooks/go"
 
 	"optipick-webhooks/internal/optipicksim"
 )
@@ -80,7 +79,8 @@ func receiverBinary(t *testing.T) string {
 type process struct {
 	cmd    *exec.Cmd
 	URL    string // http://127.0.0.1:port
-	logs   *syncBuffer
+	stdout strings.Builder // written by one goroutine until scanned is closed
+	stderr bytes.Buffer    // written by exec until the process is waited for
 	lines  chan map[string]any
 	exited chan error
 }
@@ -99,8 +99,8 @@ func startReceiver(t *testing.T, argv []string, env map[string]string) *process 
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &process{cmd: cmd, logs: &syncBuffer{}, lines: make(chan map[string]any, 1000), exited: make(chan error, 1)}
-	cmd.Stderr = p.logs
+	p := &process{cmd: cmd, lines: make(chan map[string]any, 1000), exited: make(chan error, 1)}
+	cmd.Stderr = &p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func startReceiver(t *testing.T, argv []string, env map[string]string) *process 
 		scanner := bufio.NewScanner(stdout)
 		scanner.Buffer(make([]byte, 64<<10), 4<<20)
 		for scanner.Scan() {
-			p.logs.Write(append(scanner.Bytes(), '\n'))
+			p.stdout.Write(append(scanner.Bytes(), '\n'))
 			var line map[string]any
 			if json.Unmarshal(scanner.Bytes(), &line) == nil {
 				select {
@@ -121,16 +121,20 @@ func startReceiver(t *testing.T, argv []string, env map[string]string) *process 
 			}
 		}
 	}()
+	waited := make(chan struct{})
 	go func() {
 		<-scanned
-		p.exited <- cmd.Wait()
+		err := cmd.Wait()
+		close(waited)
+		p.exited <- err
 	}()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		<-scanned
-		assertNoSecrets(t, p.logs.String())
+		<-waited
+		output := p.stdout.String() + p.stderr.String()
+		assertNoSecrets(t, output)
 		if t.Failed() {
-			t.Logf("receiver output:\n%s", p.logs)
+			t.Logf("receiver output:\n%s", output)
 		}
 	})
 
@@ -151,18 +155,19 @@ func receiverEnv(secrets, apiKey, apiURL string) map[string]string {
 // waitFor returns the next log line whose msg is msg.
 func (p *process) waitFor(t *testing.T, msg string, timeout time.Duration) map[string]any {
 	t.Helper()
-	deadline := time.After(timeout)
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
 	for {
 		select {
-		case line, ok := <-p.lines:
-			if !ok {
+		case <-timer.C:
+			t.Fatalf("receiver did not log %q within %v", msg, timeout)
+		case line, open := <-p.lines:
+			switch {
+			case !open:
 				t.Fatalf("receiver exited before logging %q", msg)
-			}
-			if line["msg"] == msg {
+			case line["msg"] == msg:
 				return line
 			}
-		case <-deadline:
-			t.Fatalf("receiver did not log %q within %v", msg, timeout)
 		}
 	}
 }
@@ -264,70 +269,34 @@ func (a *simAPI) optimize(t *testing.T, kind string, synchronous bool) string {
 	return answer.RequestID
 }
 
-func requestBody(id string) []byte {
-	return []byte(`{"request_id":"` + id + `"}`)
+// bodyFor is OptiPick's webhook body for id.
+func bodyFor(id string) []byte { return fmt.Appendf(nil, `{"request_id":%q}`, id) }
+
+var messages atomic.Int64
+
+// delivery is a webhook delivery as Svix sends it to path: a fresh message
+// id, the current time, and the Svix library's signature with secret.
+func delivery(t testing.TB, secret, path string, body []byte) *http.Request {
+	return deliveryAt(t, secret, path, body, fmt.Sprintf("msg_e2e%06d", messages.Add(1)), time.Now())
 }
 
-var messageCounter struct {
-	sync.Mutex
-	n int
-}
-
-// signedDelivery is a delivery as Svix sends it: a fresh message id, the
-// current time and the library's signature.
-func signedDelivery(t testing.TB, secret, path string, body []byte) *http.Request {
-	messageCounter.Lock()
-	messageCounter.n++
-	id := fmt.Sprintf("msg_e2e%06d", messageCounter.n)
-	messageCounter.Unlock()
-	return signedDeliveryAt(t, secret, path, body, id, time.Now())
-}
-
-func signedDeliveryAt(t testing.TB, secret, path string, body []byte, msgID string, at time.Time) *http.Request {
+// deliveryAt is delivery with a chosen message id and signing time.
+func deliveryAt(t testing.TB, secret, path string, body []byte, msgID string, at time.Time) *http.Request {
 	t.Helper()
-	wh, err := svix.NewWebhook(secret)
+	req, err := optipicksim.SignedRequest("http://receiver"+path, secret, msgID, at, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	signature, err := wh.Sign(msgID, at, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("svix-id", msgID)
-	req.Header.Set("svix-timestamp", fmt.Sprint(at.Unix()))
-	req.Header.Set("svix-signature", signature)
 	return req
 }
 
-// assertNoSecrets fails if text holds a secret, its key bytes or the API key.
+// assertNoSecrets fails if text holds a secret's key bytes or the API key.
 func assertNoSecrets(t *testing.T, text string) {
 	t.Helper()
-	for _, secret := range []string{testSecret, secondSecret, wrongSecret} {
-		if strings.Contains(text, strings.TrimPrefix(secret, "whsec_")) {
-			t.Errorf("a signing secret reached the output:\n%s", text)
+	for _, secret := range []string{strings.TrimPrefix(testSecret, "whsec_"), strings.TrimPrefix(secondSecret, "whsec_"),
+		strings.TrimPrefix(wrongSecret, "whsec_"), testAPIKey} {
+		if strings.Contains(text, secret) {
+			t.Errorf("a secret or the API key reached the receiver's output:\n%s", text)
 		}
 	}
-	if strings.Contains(text, testAPIKey) {
-		t.Errorf("the API key reached the output:\n%s", text)
-	}
-}
-
-// syncBuffer is a bytes.Buffer that concurrent writers may share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
