@@ -20,10 +20,10 @@ endif
 LDFLAGS            := -s -w$(if $(VERSION), -X main.version=$(VERSION))
 GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 
-.PHONY: help demo run sim test build image lint fuzz bench loadtest
+.PHONY: help demo run sim test build cross-check image lint fuzz bench loadtest
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 demo: ## the whole flow offline: simulator + receiver, one cluster and one route optimization
 	go run ./cmd/demo
@@ -40,6 +40,10 @@ test: ## go vet, then every test with the race detector
 
 build: ## build the receiver into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags="$(LDFLAGS)" -o $(BINARY) .
+
+cross-check: ## cross-build the static linux/arm64 binary; under qemu-aarch64-static, run it and probe /healthz
+	GOOS=linux GOARCH=arm64 CGO_ENABLED=0 go build -trimpath -ldflags="$(LDFLAGS)" -o $(BINARY)-linux-arm64 .
+	bash scripts/cross-check.sh $(BINARY)-linux-arm64
 
 image: ## build the container image (IMAGE); PLATFORMS=linux/amd64,linux/arm64 for a multi-arch one
 	@engine=$(ENGINE); \
