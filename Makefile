@@ -3,6 +3,8 @@
 
 BINARY             := bin/optipick-webhooks
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+ACTIONLINT         := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
+GOVULNCHECK        := golang.org/x/vuln/cmd/govulncheck@v1.9.0
 FUZZTIME           ?= 30s
 IMAGE              ?= optipick-webhooks:latest
 # make image: empty PLATFORMS builds for this machine's platform; several,
@@ -20,7 +22,7 @@ endif
 LDFLAGS            := -s -w$(if $(VERSION), -X main.version=$(VERSION))
 GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 
-.PHONY: help demo run sim test build cross-check image lint fuzz bench loadtest
+.PHONY: help demo run sim test build cross-check image lint vulncheck fuzz bench loadtest
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -74,7 +76,11 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s); the seeds also run in 
 	go test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME) .
 	go test -run '^$$' -fuzz '^FuzzOptimizationURL$$' -fuzztime $(FUZZTIME) .
 
-lint: ## gofmt check, go vet and staticcheck (pinned)
+lint: ## gofmt check, go vet, staticcheck and actionlint (pinned)
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	go run $(STATICCHECK) ./...
+	go run $(ACTIONLINT)
+
+vulncheck: ## govulncheck (pinned): known vulnerabilities in the code paths used (needs the internet; GitHub CI runs it)
+	go run $(GOVULNCHECK) ./...
