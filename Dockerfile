@@ -1,20 +1,30 @@
 # syntax=docker/dockerfile:1
-# The receiver as a small, non-root, static container: make image.
+# The receiver as a small, non-root, static container, for linux/amd64 and
+# linux/arm64: make image (PLATFORMS=linux/amd64,linux/arm64 for both).
 
 # Keep in step with the go line of go.mod (make image passes it).
 ARG GO_VERSION=1.26
 
-# Fully qualified, so that podman needs no registry alias.
-FROM docker.io/library/golang:${GO_VERSION}-bookworm AS build
+# The builder runs on the build machine's own platform and cross-compiles for
+# the target one (pure Go, CGO_ENABLED=0): an arm64 image builds on amd64 in
+# seconds, without emulation. Fully qualified, so that podman needs no
+# registry alias.
+FROM --platform=$BUILDPLATFORM docker.io/library/golang:${GO_VERSION}-bookworm AS build
+# Set by BuildKit and podman from --platform; empty means the builder's own.
+ARG TARGETOS
+ARG TARGETARCH
+# The version the binary reports (make image passes git describe's).
+ARG VERSION=
 WORKDIR /src
 # Modules first, in their own layer: source edits do not download again.
 COPY go.mod go.sum ./
 RUN go mod download
 COPY *.go ./
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/optipick-webhooks .
+RUN GOOS=$TARGETOS GOARCH=$TARGETARCH CGO_ENABLED=0 \
+    go build -trimpath -ldflags="-s -w${VERSION:+ -X main.version=$VERSION}" -o /out/optipick-webhooks .
 
 # Static binary, CA certificates, tzdata, /tmp and a nonroot user (65532):
-# no shell, no package manager.
+# no shell, no package manager. Pulled for the target platform.
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/optipick-webhooks /optipick-webhooks
 USER nonroot
