@@ -258,13 +258,6 @@ func signedDeliveryAt(t testing.TB, secret, path string, body []byte, msgID stri
 	return req
 }
 
-// onTheWire makes a request built with signedDelivery sendable by a client.
-func onTheWire(req *http.Request, base string) *http.Request {
-	u, _ := url.Parse(base + req.URL.Path)
-	req.URL, req.Host, req.RequestURI = u, u.Host, ""
-	return req
-}
-
 func setBody(r *http.Request, body []byte) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))

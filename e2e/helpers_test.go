@@ -78,7 +78,7 @@ func receiverBinary(t *testing.T) string {
 // process is a started receiver binary.
 type process struct {
 	cmd    *exec.Cmd
-	URL    string // http://127.0.0.1:port
+	URL    string          // http://127.0.0.1:port
 	stdout strings.Builder // written by one goroutine until scanned is closed
 	stderr bytes.Buffer    // written by exec until the process is waited for
 	lines  chan map[string]any
