@@ -13,10 +13,15 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	svix "github.com/svix/svix-webhooks/go"
 )
 
 // signed1KiB is a 1 KiB body with its svix-* headers, signed with secret.
@@ -119,7 +124,7 @@ func BenchmarkDecodeClusterResult(b *testing.B) {
 		min, max int
 	}{
 		{"2.5KiB", 30, 2 << 10, 3 << 10},
-		{"50KiB", 600, 45 << 10, 55 << 10},
+		{"50KiB", 720, 45 << 10, 55 << 10},
 	} {
 		raw := clusterResultJSON(tc.picks)
 		if len(raw) < tc.min || len(raw) > tc.max {
@@ -187,4 +192,77 @@ func (w *benchResponseWriter) WriteHeader(status int) {
 func (w *benchResponseWriter) Write(p []byte) (int, error) {
 	w.WriteHeader(http.StatusOK)
 	return len(p), nil
+}
+
+// BenchmarkDeliveryOverLoopback is a whole delivery over real HTTP on
+// loopback, for the receiver and for a bare baseline that does the same I/O
+// (read the body, one GET, one log line, 200) and nothing else: their ratio
+// is what verifying, decoding and deduplicating cost (make loadtest measures
+// the same with the built binary).
+func BenchmarkDeliveryOverLoopback(b *testing.B) {
+	result := clusterResultJSON(30) // about 2.5 KB
+	before, after, _ := bytes.Cut(result, []byte(`"`+testRequestID+`"`))
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(before)
+		w.Write([]byte(`"` + id + `"`))
+		w.Write(after)
+	}))
+	defer api.Close()
+	apiURL, _ := url.Parse(api.URL)
+	logger := newLogger(io.Discard, slog.LevelInfo, "json")
+	v, _ := newVerifier(testSecret)
+	client := newOptiPickClient(apiURL, testAPIKey, false, nil)
+	apiClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	baseline := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, api.URL+"/optimize/cluster/baseline", nil)
+		req.Header.Set("X-API-KEY", testAPIKey)
+		resp, err := apiClient.Do(req)
+		if err != nil {
+			http.Error(w, "api", http.StatusBadGateway)
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		logger.Info("delivered", "svix_id", r.Header.Get("svix-id"), "body_bytes", len(body), "api_status", resp.StatusCode)
+	})
+	for _, tc := range []struct {
+		name    string
+		handler http.Handler
+	}{
+		{"baseline", baseline},
+		{"receiver", newServer(logger, v, client.fetch, logSummary(logger), newDedupe(time.Hour, 1<<20))},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			server := httptest.NewServer(tc.handler)
+			defer server.Close()
+			sender := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+			signer, _ := svix.NewWebhook(testSecret)
+			var n atomic.Int64
+			now := time.Now()
+			b.SetParallelism(32) // with GOMAXPROCS 2: 64 deliveries in flight, as make loadtest
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := n.Add(1)
+					body := fmt.Appendf(nil, `{"request_id":"%024x"}`, i)
+					msgID := fmt.Sprintf("msg_bench_%s_%d", tc.name, i)
+					signature, _ := signer.Sign(msgID, now, body)
+					req, _ := http.NewRequest(http.MethodPost, server.URL+"/webhook/cluster", bytes.NewReader(body))
+					req.Header = http.Header{"Svix-Id": {msgID}, "Svix-Timestamp": {strconv.FormatInt(now.Unix(), 10)}, "Svix-Signature": {signature}}
+					resp, err := sender.Do(req)
+					if err != nil {
+						b.Fatal(err)
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Fatalf("status %d", resp.StatusCode)
+					}
+				}
+			})
+		})
+	}
 }

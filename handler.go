@@ -314,25 +314,30 @@ func (v verifier) verify(body []byte, header http.Header) error {
 // optimization, and the whole JSON at debug level (when the client kept it).
 func logSummary(logger *slog.Logger) processFunc {
 	return func(ctx context.Context, d delivery, res *optimization) error {
-		attrs := []any{"kind", d.Kind, "svix_id", logSafe(d.MessageID), "request_id", d.RequestID, "site_name", res.SiteName}
+		// slog.Attr values, not key-value pairs: no boxing on the hot path.
+		var buf [12]slog.Attr
+		attrs := append(buf[:0], slog.String("kind", string(d.Kind)), slog.String("svix_id", logSafe(d.MessageID)),
+			slog.String("request_id", d.RequestID), slog.String("site_name", res.SiteName))
 		if res.AsisDistance != nil && res.OptimalDistance != nil {
-			attrs = append(attrs, "asis_distance", *res.AsisDistance, "optimal_distance", *res.OptimalDistance)
-			saving := (*res.AsisDistance - *res.OptimalDistance) / *res.AsisDistance * 100
-			if *res.AsisDistance > 0 && !math.IsInf(saving, 0) && !math.IsNaN(saving) {
-				attrs = append(attrs, "saving_pct", math.Round(saving*10)/10)
+			asis, optimal := *res.AsisDistance, *res.OptimalDistance
+			attrs = append(attrs, slog.Float64("asis_distance", asis), slog.Float64("optimal_distance", optimal))
+			// Guarded so that no NaN or Inf reaches a JSON log line.
+			if saving := (asis - optimal) / asis * 100; asis > 0 && !math.IsInf(saving, 0) && !math.IsNaN(saving) {
+				attrs = append(attrs, slog.Float64("saving_pct", math.Round(saving*10)/10))
 			}
 		}
 		if d.Kind == kindCluster {
-			attrs = append(attrs, "clusters", res.Clusters)
+			attrs = append(attrs, slog.Int("clusters", res.Clusters))
 		} else {
-			attrs = append(attrs, "picks", res.Picks)
+			attrs = append(attrs, slog.Int("picks", res.Picks))
 		}
-		attrs = append(attrs, "computation_time_s", res.ComputationTime)
+		attrs = append(attrs, slog.Float64("computation_time_s", res.ComputationTime))
 
 		if res.Error != "" {
-			logger.WarnContext(ctx, "optimization fetched, but OptiPick reports that it failed", append(attrs, "optimization_error", res.Error)...)
+			attrs = append(attrs, slog.String("optimization_error", res.Error))
+			logger.LogAttrs(ctx, slog.LevelWarn, "optimization fetched, but OptiPick reports that it failed", attrs...)
 		} else {
-			logger.InfoContext(ctx, "optimization fetched", attrs...)
+			logger.LogAttrs(ctx, slog.LevelInfo, "optimization fetched", attrs...)
 		}
 		if res.Raw != nil && logger.Enabled(ctx, slog.LevelDebug) {
 			logger.DebugContext(ctx, "optimization result", "kind", d.Kind, "request_id", d.RequestID, "json", json.RawMessage(res.Raw))

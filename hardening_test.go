@@ -81,7 +81,7 @@ func TestAnAnswerThatIsNotThisResultIsAFailedFetch(t *testing.T) {
 		{"array", text(`[]`), "not a JSON object"},
 		{"another result", text(`{"request_id":"674f5c1e2b8a4d0012ab0000","site_name":"Elsewhere"}`), "request_id is 674f5c1e2b8a4d0012ab0000, not " + testRequestID},
 		{"request_id of another type", text(`{"request_id":7}`), "not with this result: no request_id"},
-		{"request_id twice", text(`{"request_id":"` + testRequestID + `","request_id":"other"}`), "duplicate"},
+		{"request_id twice", text(`{"request_id":"` + testRequestID + `","request_id":"other"}`), "request_id given twice"},
 		{"data after the result", text(`{"request_id":"` + testRequestID + `"} {}`), "data after the JSON object"},
 		{"truncated", text(`{"request_id":"` + testRequestID + `","picks":[`), "EOF"},
 		{"HTML", text(`<html>502 Bad Gateway</html>`), "not with this result: not JSON"},

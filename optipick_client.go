@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -227,11 +228,26 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	return result, nil
 }
 
+// decoders are reused: a jsontext.Decoder keeps its buffers across Reset.
+// A pooled one reads from noInput, so that it holds no response body.
+var (
+	decoders = sync.Pool{New: func() any { return jsontext.NewDecoder(noInput) }}
+	noInput  = strings.NewReader("")
+)
+
 // decodeResult streams one result, keeping only the fields of the summary.
 // It refuses what is not this result: not a JSON object, trailing data, a
-// duplicate name, no request_id, or another one than wantID.
+// request_id missing, given twice, or other than wantID.
 func decodeResult(r io.Reader, wantID string) (*optimization, error) {
-	dec := jsontext.NewDecoder(r)
+	dec := decoders.Get().(*jsontext.Decoder)
+	// Names are checked for duplicates where it matters (request_id) by
+	// readField: checking every object's names costs most of the decoding.
+	dec.Reset(r, jsontext.AllowDuplicateNames(true))
+	defer func() {
+		dec.Reset(noInput)
+		decoders.Put(dec)
+	}()
+
 	if dec.PeekKind() != '{' {
 		if _, err := dec.ReadToken(); err != nil {
 			return nil, fmt.Errorf("not JSON: %w", err)
@@ -242,12 +258,18 @@ func decodeResult(r io.Reader, wantID string) (*optimization, error) {
 		return nil, err
 	}
 	res := &optimization{}
+	var unquoted []byte
 	for dec.PeekKind() != '}' {
-		name, err := dec.ReadToken()
+		name, err := dec.ReadValue() // the quoted name, as sent
 		if err != nil {
 			return nil, err
 		}
-		if err := res.readField(dec, name.String()); err != nil {
+		if bytes.IndexByte(name, '\\') >= 0 { // an escaped name: rare, so unquote only then
+			unquoted, _ = jsontext.AppendUnquote(unquoted[:0], name)
+			name = append(append(name[:0:0], '"'), append(unquoted, '"')...)
+		}
+		// name is valid only until the next read: take what it says first.
+		if err := res.readField(dec, fieldNamed(name)); err != nil {
 			return nil, err
 		}
 	}
@@ -266,22 +288,78 @@ func decodeResult(r io.Reader, wantID string) (*optimization, error) {
 	return res, nil
 }
 
-// readField reads the value of the top-level field name into res, or skips
-// it. A value of an unexpected type is skipped too.
-func (res *optimization) readField(dec *jsontext.Decoder, name string) error {
-	switch next := dec.PeekKind(); {
-	case next == '"' && (name == "request_id" || name == "site_name" || name == "error"):
-		tok, err := dec.ReadToken()
-		switch name {
-		case "request_id":
-			res.RequestID = tok.String()
-		case "site_name":
-			res.SiteName = excerptString(tok.String(), 200)
-		default:
-			res.Error = excerptString(strings.TrimSpace(tok.String()), 500)
+// resultField is a top-level field of a result that the summary reads.
+type resultField int
+
+const (
+	otherField resultField = iota
+	requestIDField
+	siteNameField
+	errorField
+	computationTimeField
+	asisDistanceField
+	optimalDistanceField
+	optimalClustersField
+	picksField
+)
+
+// fieldNamed is the field whose quoted name is quoted.
+func fieldNamed(quoted []byte) resultField {
+	switch string(quoted) { // compiled without a conversion
+	case `"request_id"`:
+		return requestIDField
+	case `"site_name"`:
+		return siteNameField
+	case `"error"`:
+		return errorField
+	case `"computation_time"`:
+		return computationTimeField
+	case `"asis_distance"`:
+		return asisDistanceField
+	case `"optimal_distance"`:
+		return optimalDistanceField
+	case `"optimal_clusters"`:
+		return optimalClustersField
+	case `"picks"`:
+		return picksField
+	}
+	return otherField
+}
+
+// readField reads the value of field into res, or skips it. A value of an
+// unexpected type is skipped too.
+func (res *optimization) readField(dec *jsontext.Decoder, field resultField) error {
+	switch next := dec.PeekKind(); field {
+	case requestIDField:
+		if next != '"' {
+			break
 		}
+		if res.RequestID != "" {
+			return errors.New("request_id given twice")
+		}
+		tok, err := dec.ReadToken()
+		res.RequestID = tok.String()
 		return err
-	case next == '0' && (name == "computation_time" || name == "asis_distance" || name == "optimal_distance"):
+	case siteNameField, errorField:
+		switch {
+		case next == '"':
+			tok, err := dec.ReadToken()
+			if field == siteNameField {
+				res.SiteName = excerptString(tok.String(), 200)
+			} else {
+				res.Error = excerptString(strings.TrimSpace(tok.String()), 500)
+			}
+			return err
+		case next != 'n' && field == errorField:
+			// Neither a message nor null: keep a bounded rendering of it.
+			value, err := dec.ReadValue()
+			res.Error = excerptString(string(value), 500)
+			return err
+		}
+	case computationTimeField, asisDistanceField, optimalDistanceField:
+		if next != '0' {
+			break
+		}
 		tok, err := dec.ReadToken()
 		if err != nil {
 			return err
@@ -290,27 +368,25 @@ func (res *optimization) readField(dec *jsontext.Decoder, name string) error {
 		if err != nil {
 			return nil // out of float64's range: leave the field out
 		}
-		switch name {
-		case "computation_time":
+		switch field {
+		case computationTimeField:
 			res.ComputationTime = f
-		case "asis_distance":
+		case asisDistanceField:
 			res.AsisDistance = &f
 		default:
 			res.OptimalDistance = &f
 		}
 		return nil
-	case next == '[' && (name == "optimal_clusters" || name == "picks"):
+	case optimalClustersField, picksField:
+		if next != '[' {
+			break
+		}
 		n, err := countElements(dec)
-		if name == "picks" {
+		if field == picksField {
 			res.Picks = n
 		} else {
 			res.Clusters = n
 		}
-		return err
-	case name == "error" && next != 'n':
-		// Neither a message nor null: keep a bounded rendering of it.
-		value, err := dec.ReadValue()
-		res.Error = excerptString(string(value), 500)
 		return err
 	}
 	return dec.SkipValue()

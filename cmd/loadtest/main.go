@@ -328,7 +328,8 @@ func (s *server) round(signer *svix.Webhook, label string, n, c int) (roundResul
 	}, nil
 }
 
-// startFakeAPI serves a realistic cluster result for any id, as a fast
+// startFakeAPI serves the simulator's realistic cluster result (the Example
+// warehouse, about 2.5 KB) for any id, carrying the id asked for, as a fast
 // OptiPick would.
 func startFakeAPI() (url string, calls *atomic.Int64, stop func(), err error) {
 	sim, err := optipicksim.New(optipicksim.Config{APIKey: apiKey})
@@ -342,6 +343,14 @@ func startFakeAPI() (url string, calls *atomic.Int64, stop func(), err error) {
 	recorder := httptest.NewRecorder()
 	sim.Handler().ServeHTTP(recorder, req)
 	result := recorder.Body.Bytes()
+	var made struct {
+		RequestID string `json:"request_id"`
+	}
+	if err := json.Unmarshal(result, &made); err != nil || made.RequestID == "" {
+		return "", nil, nil, fmt.Errorf("the simulator's result has no request_id: %v", err)
+	}
+	// The result around its request_id, to answer each call with its own id.
+	before, after, _ := bytes.Cut(result, []byte(`"`+made.RequestID+`"`))
 
 	calls = &atomic.Int64{}
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
@@ -354,8 +363,12 @@ func startFakeAPI() (url string, calls *atomic.Int64, stop func(), err error) {
 			http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
 			return
 		}
+		id := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
 		w.Header().Set("Content-Type", "application/json")
-		w.Write(result)
+		w.Header().Set("Content-Length", strconv.Itoa(len(before)+len(id)+2+len(after)))
+		w.Write(before)
+		w.Write([]byte(`"` + id + `"`))
+		w.Write(after)
 	})}
 	go srv.Serve(listener)
 	return "http://" + listener.Addr().String(), calls, func() { srv.Close() }, nil
