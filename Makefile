@@ -73,8 +73,8 @@ image: ## build the container image (IMAGE); PLATFORMS=linux/amd64,linux/arm64 f
 bench: ## Go benchmarks: verification vs a bare HMAC floor, the handler, decoding a 50 KiB result
 	go test -run '^$$' -bench . -benchmem -count 5 .
 
-loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3)
-	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3)
+loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3; METRICS=1 adds the receiver with metrics on)
+	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3) $(if $(METRICS),-metrics)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); the seeds also run in make test
 	go test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME) .

@@ -93,7 +93,7 @@ func BenchmarkHandler(b *testing.B) {
 	fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) { return result, nil }
 	logger := newLogger(io.Discard, slog.LevelInfo, "json")
 	// Window 0: every iteration is a new delivery, not a remembered one.
-	handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1))
+	handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1), nil, nil)
 
 	body := requestBody(testRequestID)
 	template := signedDelivery(b, testSecret, "/webhook/cluster", body)
@@ -233,7 +233,7 @@ func BenchmarkDeliveryOverLoopback(b *testing.B) {
 		handler http.Handler
 	}{
 		{"baseline", baseline},
-		{"receiver", newServer(logger, v, client.fetch, logSummary(logger), newDedupe(time.Hour, 1<<20))},
+		{"receiver", newServer(logger, v, client.fetch, logSummary(logger), newDedupe(time.Hour, 1<<20), nil, nil)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			server := httptest.NewServer(tc.handler)

@@ -65,7 +65,7 @@ func idleConn(t *testing.T, addr string) net.Conn {
 // connection is closed for it), and the server never holds more than max.
 func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
 	const max = 4
-	addr, peak := limitedServer(t, max, newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1)))
+	addr, peak := limitedServer(t, max, newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1), nil, nil))
 	var idle []net.Conn
 	for range max {
 		idle = append(idle, idleConn(t, addr))

@@ -37,7 +37,7 @@ func Example_processFunc() {
 	apiURL, _ := url.Parse(api.URL)
 	client := newOptiPickClient(apiURL, "your-api-key", false, nil)
 	logger := slog.New(slog.DiscardHandler)
-	handler := newServer(logger, v, client.fetch, store, newDedupe(time.Hour, 1000))
+	handler := newServer(logger, v, client.fetch, store, newDedupe(time.Hour, 1000), nil, nil)
 
 	// A delivery as Svix sends it.
 	body := `{"request_id":"674f5c1e2b8a4d0012ab34cd"}`

@@ -50,7 +50,7 @@ func FuzzWebhook(f *testing.F) {
 			return &optimization{RequestID: requestID}, nil
 		}
 		logger := slog.New(slog.DiscardHandler)
-		handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1))
+		handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1), nil, nil)
 
 		kind := "cluster"
 		if route {

@@ -383,7 +383,7 @@ func TestHostileInput(t *testing.T) {
 // along.
 func TestSlowlorisIsCutOff(t *testing.T) {
 	t.Parallel()
-	srv := newHTTPServer(newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1)), slog.New(slog.DiscardHandler))
+	srv := newHTTPServer(newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1), nil, nil), slog.New(slog.DiscardHandler))
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -68,15 +68,16 @@ type fetchFunc func(ctx context.Context, k kind, requestID string) (*optimizatio
 type processFunc func(ctx context.Context, d delivery, res *optimization) error
 
 // newServer is the whole service as one http.Handler: it registers every
-// route.
-func newServer(logger *slog.Logger, v verifier, fetch fetchFunc, process processFunc, seen *dedupe) http.Handler {
-	rejected := &rejectLog{logger: logger}
+// route. m may be nil (no metrics); ready may be nil (always ready).
+func newServer(logger *slog.Logger, v verifier, fetch fetchFunc, process processFunc, seen *dedupe, m *serviceMetrics, ready func() bool) http.Handler {
+	rejected := &rejectLog{logger: logger, suppressed: m.logLinesSuppressed}
 	mux := http.NewServeMux()
-	mux.Handle("POST /webhook/cluster", handleWebhook(logger, rejected, kindCluster, v, fetch, process, seen))
-	mux.Handle("POST /webhook/route", handleWebhook(logger, rejected, kindRoute, v, fetch, process, seen))
+	mux.Handle("POST /webhook/cluster", handleWebhook(logger, rejected, m, kindCluster, v, fetch, process, seen))
+	mux.Handle("POST /webhook/route", handleWebhook(logger, rejected, m, kindRoute, v, fetch, process, seen))
 	// The path of OptiPick's original example, which only knew clusters.
-	mux.Handle("POST /webhook", handleWebhook(logger, rejected, kindCluster, v, fetch, process, seen))
+	mux.Handle("POST /webhook", handleWebhook(logger, rejected, m, kindCluster, v, fetch, process, seen))
 	mux.Handle("GET /healthz", handleHealthz())
+	mux.Handle("GET /readyz", handleReadyz(ready))
 	return rejectUncleanPaths(mux)
 }
 
@@ -92,6 +93,7 @@ func rejectUncleanPaths(next http.Handler) http.Handler {
 	})
 }
 
+// handleHealthz is liveness: the process serves.
 func handleHealthz() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -99,20 +101,35 @@ func handleHealthz() http.Handler {
 	})
 }
 
+// handleReadyz is readiness: 503 from the moment a shutdown starts, so that
+// a load balancer stops sending before connections close.
+func handleReadyz(ready func() bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ready != nil && !ready() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ready\n")
+	})
+}
+
 // handleWebhook handles deliveries of kind k: it reads and verifies one
 // (readDelivery), fetches its optimization and processes it, once per
 // message. It answers 2xx only when that work is done.
-func handleWebhook(logger *slog.Logger, rejected *rejectLog, k kind, v verifier, fetch fetchFunc, process processFunc, seen *dedupe) http.Handler {
+func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, k kind, v verifier, fetch fetchFunc, process processFunc, seen *dedupe) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), deliveryDeadline)
 		defer cancel()
+		ended := m.started(k)
 
 		d, err := readDelivery(w, r, k, v)
 		if err != nil {
 			var rej *rejection
 			if !errors.As(err, &rej) {
-				rej = &rejection{status: http.StatusBadRequest, answer: "bad request", reason: err.Error()}
+				rej = &rejection{status: http.StatusBadRequest, outcome: outcomeUnreadableBody, answer: "bad request", reason: err.Error()}
 			}
+			defer ended(rej.outcome)
 			attrs := []any{"kind", k, "svix_id", logSafe(messageID(r.Header)), "status", rej.status, "reason", rej.reason}
 			if rej.abort {
 				// Genuine but unusable: retrying cannot fix it, so ask Svix to stop.
@@ -130,8 +147,21 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, k kind, v verifier,
 			if err != nil {
 				return err
 			}
-			return process(ctx, d, result)
+			if err := process(ctx, d, result); err != nil {
+				return &processError{err}
+			}
+			return nil
 		})
+		switch {
+		case err == nil && alreadyHandled:
+			defer ended(outcomeDuplicate)
+		case err == nil:
+			defer ended(outcomeProcessed)
+		case errors.As(err, new(*processError)):
+			defer ended(outcomeProcessFailed)
+		default:
+			defer ended(outcomeFetchFailed)
+		}
 		if err != nil {
 			status := statusFor(err)
 			logger.Error("delivery not handled; Svix will retry", "kind", d.Kind, "svix_id", logSafe(d.MessageID),
@@ -148,11 +178,18 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, k kind, v verifier,
 	})
 }
 
+// processError is a processFunc's error, told apart from a failed fetch.
+type processError struct{ err error }
+
+func (e *processError) Error() string { return "processing the result: " + e.err.Error() }
+func (e *processError) Unwrap() error { return e.err }
+
 // rejection is why a delivery was refused: its status, what the sender is
 // told, and what the log says.
 type rejection struct {
-	status int
-	answer string // the response body: never a secret or a detail of ours
+	status  int
+	outcome outcome
+	answer  string // the response body: never a secret or a detail of ours
 	reason string // for the log
 	abort  bool   // genuine: ask Svix not to retry
 }
@@ -164,7 +201,7 @@ func (r *rejection) Error() string { return r.reason }
 // bounding the headers it loops over), then decode it. Nothing of the body
 // is trusted before it is verified.
 func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (delivery, error) {
-	tooLarge := &rejection{status: http.StatusRequestEntityTooLarge, answer: "body too large",
+	tooLarge := &rejection{status: http.StatusRequestEntityTooLarge, outcome: outcomeTooLarge, answer: "body too large",
 		reason: fmt.Sprintf("body over %d bytes", maxBodyBytes)}
 	if r.ContentLength > maxBodyBytes {
 		return delivery{}, tooLarge
@@ -175,18 +212,18 @@ func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (d
 		if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
 			return delivery{}, tooLarge
 		}
-		return delivery{}, &rejection{status: http.StatusBadRequest, answer: "body could not be read", reason: "body could not be read: " + err.Error()}
+		return delivery{}, &rejection{status: http.StatusBadRequest, outcome: outcomeUnreadableBody, answer: "body could not be read", reason: "body could not be read: " + err.Error()}
 	}
 
 	if err := v.verify(body, r.Header); err != nil {
-		return delivery{}, &rejection{status: http.StatusUnauthorized, answer: "invalid signature", reason: "signature not verified: " + err.Error()}
+		return delivery{}, &rejection{status: http.StatusUnauthorized, outcome: outcomeInvalidSignature, answer: "invalid signature", reason: "signature not verified: " + err.Error()}
 	}
 
 	var payload struct {
 		RequestID string `json:"request_id"`
 	}
 	if err := json.Unmarshal(body, &payload); err != nil || !validRequestID(payload.RequestID) {
-		return delivery{}, &rejection{status: http.StatusBadRequest, abort: true,
+		return delivery{}, &rejection{status: http.StatusBadRequest, outcome: outcomeBadRequest, abort: true,
 			answer: "body must be JSON with a request_id of 1 to 128 letters, digits, _ or -",
 			reason: fmt.Sprintf("body (%d bytes) is not JSON with a valid request_id", len(body))}
 	}
@@ -350,12 +387,13 @@ func logSummary(logger *slog.Logger) processFunc {
 // the first rejectLogBurst of every rejectLogInterval are written, the rest
 // counted, and the count written when the interval ends.
 type rejectLog struct {
-	logger *slog.Logger
+	logger     *slog.Logger
+	suppressed func(n int) // counts the lines not written, for the metrics
 
 	mu         sync.Mutex
 	windowEnd  time.Time
 	written    int
-	suppressed int
+	notWritten int
 }
 
 func (l *rejectLog) warn(msg string, args ...any) {
@@ -370,8 +408,8 @@ func (l *rejectLog) warn(msg string, args ...any) {
 		l.logger.Warn(msg, args...)
 		return
 	}
-	l.suppressed++
-	if l.suppressed == 1 {
+	l.notWritten++
+	if l.notWritten == 1 {
 		time.AfterFunc(l.windowEnd.Sub(now), l.report)
 	}
 	l.mu.Unlock()
@@ -379,9 +417,10 @@ func (l *rejectLog) warn(msg string, args ...any) {
 
 func (l *rejectLog) report() {
 	l.mu.Lock()
-	n := l.suppressed
-	l.suppressed = 0
+	n := l.notWritten
+	l.notWritten = 0
 	l.mu.Unlock()
+	l.suppressed(n)
 	l.logger.Warn("rejected deliveries not logged, over the log rate limit", "count", n,
 		"limit", fmt.Sprintf("%d per %v", rejectLogBurst, rejectLogInterval))
 }

@@ -93,7 +93,7 @@ func buildRig(t *testing.T, c rigConfig) *rig {
 	client := newOptiPickClient(base, testAPIKey, c.level <= slog.LevelDebug, c.transport)
 	r := &rig{api: c.api, logs: logs, process: logSummary(logger)}
 	process := func(ctx context.Context, d delivery, res *optimization) error { return r.process(ctx, d, res) }
-	r.handler = newServer(logger, v, client.fetch, process, newDedupe(time.Hour, 1000))
+	r.handler = newServer(logger, v, client.fetch, process, newDedupe(time.Hour, 1000), nil, nil)
 	t.Cleanup(func() { assertNoSecrets(t, logs.String()) })
 	return r
 }

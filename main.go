@@ -5,6 +5,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -17,8 +18,11 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -60,17 +64,50 @@ func main() {
 	}
 }
 
+// version is set at build time (make build, the Dockerfile:
+// -ldflags "-X main.version=v1.2.3"); otherwise the module's version.
+var version string
+
+// usage is what -h prints after the flags.
+const usage = `
+Configuration comes from the environment (and a .env file in the working
+directory; real environment variables win). See .env.example.
+
+  WEBHOOK_SECRET    required: the endpoints' whsec_ signing secrets, separated by spaces or commas
+  OPTIPICK_API_KEY  required: an OptiPick API key (Settings > API Keys), sent as X-API-KEY
+  OPTIPICK_API_URL  the API base URL (default ` + defaultAPIURL + `)
+  PORT              the webhook port on all interfaces (default ` + defaultPort + `; 0: a free one)
+  LOG_LEVEL         debug, info (default), warn or error; debug logs each result's whole JSON
+  LOG_FORMAT        text (default) or json
+  DEDUPE_WINDOW     how long a handled svix-id is remembered (default 24h; 0: off)
+  METRICS_ADDR      where to serve Prometheus /metrics, such as :9090 (default: off)
+  SHUTDOWN_DELAY    how long /readyz answers 503 before a shutdown drains (default 0s; 5s in Kubernetes)
+`
+
 // run starts the receiver and blocks until ctx is cancelled, then drains
 // in-flight deliveries. Logs go to stdout; stderr is for usage errors.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	flags := flag.NewFlagSet("optipick-webhooks", flag.ContinueOnError)
 	flags.SetOutput(stderr)
+	flags.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: optipick-webhooks [-healthcheck | -version]")
+		flags.PrintDefaults()
+		fmt.Fprint(stderr, usage)
+	}
 	healthcheck := flags.Bool("healthcheck", false, "GET /healthz on this machine's PORT and exit 0 if it answers 200 (for container HEALTHCHECKs)")
+	showVersion := flags.Bool("version", false, "print the version and exit")
 	if err := flags.Parse(args[min(1, len(args)):]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
-	if *healthcheck {
+	switch {
+	case *healthcheck:
 		return checkHealth(ctx, getenv)
+	case *showVersion:
+		fmt.Fprintln(stdout, "optipick-webhooks", buildVersion(), runtime.Version())
+		return nil
 	}
 
 	cfg, err := loadConfig(getenv)
@@ -79,8 +116,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger := newLogger(stdout, cfg.logLevel, cfg.logFormat)
 
+	seen := newDedupe(cfg.dedupeWindow, dedupeCapacity)
+	var metrics *serviceMetrics
+	if cfg.metricsAddr != "" {
+		metrics = newServiceMetrics(buildVersion(), seen.Len)
+	}
+	var ready atomic.Bool
 	client := newOptiPickClient(cfg.apiURL, cfg.apiKey, cfg.logLevel <= slog.LevelDebug, nil)
-	handler := newServer(logger, cfg.verifier, client.fetch, logSummary(logger), newDedupe(cfg.dedupeWindow, dedupeCapacity))
+	client.metrics = metrics
+	handler := newServer(logger, cfg.verifier, client.fetch, logSummary(logger), seen, metrics, ready.Load)
 	srv := newHTTPServer(handler, logger)
 
 	tcp, err := net.Listen("tcp", net.JoinHostPort("", cfg.port))
@@ -89,34 +133,88 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	listener := newConnLimitListener(tcp, maxConnections)
 	srv.ConnState = listener.trackState
-	logger.Info("listening", "addr", listener.Addr().String(), "api_url", cfg.apiURL.Redacted(),
+	servers := []*http.Server{srv}
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- srv.Serve(listener) }()
+	if metrics != nil {
+		metricsListener, err := net.Listen("tcp", cfg.metricsAddr)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("METRICS_ADDR: cannot listen: %w", err)
+		}
+		metricsSrv := newHTTPServer(metrics.handler(), logger)
+		servers = append(servers, metricsSrv)
+		go func() { serveErr <- metricsSrv.Serve(metricsListener) }()
+		logger.Info("serving metrics", "addr", metricsListener.Addr().String(), "path", "/metrics")
+	}
+	ready.Store(true)
+	logger.Info("listening", "addr", listener.Addr().String(), "version", buildVersion(), "api_url", cfg.apiURL.Redacted(),
 		"secrets", len(cfg.verifier), "dedupe_window", cfg.dedupeWindow.String())
 	if cfg.apiURL.Scheme == "http" && !isLoopback(cfg.apiURL.Hostname()) {
 		logger.Warn("OPTIPICK_API_URL is plain http to another machine: the API key travels in clear text; use https",
 			"api_url", cfg.apiURL.Redacted())
 	}
 
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(listener) }()
-
 	select {
 	case err := <-serveErr:
+		for _, s := range servers {
+			s.Close()
+		}
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
 
+	ready.Store(false)
+	if cfg.shutdownDelay > 0 {
+		// Still serving: the load balancer sees /readyz fail and stops sending.
+		logger.Info("shutting down: /readyz answers 503 while load balancers catch up", "delay", cfg.shutdownDelay.String())
+		time.Sleep(cfg.shutdownDelay)
+	}
 	logger.Info("shutting down: draining in-flight deliveries", "deadline", drainTimeout.String())
 	// The drain deadline must not derive from ctx: ctx is already cancelled.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+	// The webhook server first, then metrics: the last scrape sees the drain.
+	for _, s := range servers {
+		if err := s.Shutdown(shutdownCtx); err != nil {
+			return fmt.Errorf("shutdown: %w", err)
+		}
 	}
-	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving: %w", err)
+	for range servers {
+		if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving: %w", err)
+		}
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// buildVersion is the version set at build time, else the module's, with
+// the VCS revision the binary was built from when Go recorded it.
+func buildVersion() string {
+	v := version
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return cmp.Or(v, "unknown")
+	}
+	if v == "" {
+		v = info.Main.Version
+	}
+	var revision, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			revision = s.Value[:min(len(s.Value), 12)]
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = "-dirty"
+			}
+		}
+	}
+	if revision != "" && !strings.Contains(v, revision[:min(7, len(revision))]) {
+		v += " (" + revision + modified + ")"
+	}
+	return v
 }
 
 // newHTTPServer wraps the handler in an http.Server whose every phase has a
@@ -144,13 +242,15 @@ func isLoopback(host string) bool {
 }
 
 type config struct {
-	verifier     verifier
-	apiKey       string
-	apiURL       *url.URL
-	port         string
-	logLevel     slog.Level
-	logFormat    string
-	dedupeWindow time.Duration
+	verifier      verifier
+	metricsAddr   string
+	shutdownDelay time.Duration
+	apiKey        string
+	apiURL        *url.URL
+	port          string
+	logLevel      slog.Level
+	logFormat     string
+	dedupeWindow  time.Duration
 }
 
 // loadConfig reads and checks every variable. Its errors name the variable
@@ -160,12 +260,15 @@ func loadConfig(getenv func(string) string) (config, error) {
 	var err error
 
 	if cfg.verifier, err = newVerifier(getenv("WEBHOOK_SECRET")); err != nil {
+		if strings.TrimSpace(getenv("WEBHOOK_SECRET")) == "" {
+			err = fmt.Errorf("%w (no .env here? cp .env.example .env and fill it in)", err)
+		}
 		return config{}, fmt.Errorf("WEBHOOK_SECRET: %w", err)
 	}
 
 	cfg.apiKey = strings.TrimSpace(getenv("OPTIPICK_API_KEY"))
 	if cfg.apiKey == "" {
-		return config{}, errors.New("OPTIPICK_API_KEY: required (create one in OptiPick under Settings → API Keys)")
+		return config{}, errors.New("OPTIPICK_API_KEY: required (create one in OptiPick under Settings → API Keys; no .env here? cp .env.example .env and fill it in)")
 	}
 	if strings.ContainsAny(cfg.apiKey, "\r\n") {
 		return config{}, errors.New("OPTIPICK_API_KEY: must be a single line")
@@ -215,6 +318,18 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if raw := strings.TrimSpace(getenv("DEDUPE_WINDOW")); raw != "" {
 		if cfg.dedupeWindow, err = time.ParseDuration(raw); err != nil || cfg.dedupeWindow < 0 {
 			return config{}, errors.New("DEDUPE_WINDOW: must be a duration such as 24h, 90m or 0 (off)")
+		}
+	}
+
+	if cfg.metricsAddr = strings.TrimSpace(getenv("METRICS_ADDR")); cfg.metricsAddr != "" {
+		if _, port, err := net.SplitHostPort(cfg.metricsAddr); err != nil || port == "" {
+			return config{}, errors.New("METRICS_ADDR: must be host:port or :port, such as :9090 (empty: no metrics)")
+		}
+	}
+
+	if raw := strings.TrimSpace(getenv("SHUTDOWN_DELAY")); raw != "" {
+		if cfg.shutdownDelay, err = time.ParseDuration(raw); err != nil || cfg.shutdownDelay < 0 || cfg.shutdownDelay > time.Minute {
+			return config{}, errors.New("SHUTDOWN_DELAY: must be a duration from 0s to 1m, such as 5s")
 		}
 	}
 	return cfg, nil

@@ -94,7 +94,8 @@ type optiPickClient struct {
 	apiKey      string
 	keepRaw     bool
 	http        *http.Client
-	slots       chan struct{} // one per API call in flight
+	slots       chan struct{}   // one per API call in flight
+	metrics     *serviceMetrics // nil: none
 }
 
 // newOptiPickClient returns a client for the API at baseURL. keepRaw keeps
@@ -155,6 +156,7 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 		if !fitsBeforeDeadline(ctx, wait) {
 			return nil, err
 		}
+		c.metrics.apiRetry()
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -181,11 +183,16 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	req.Header.Set("X-API-KEY", c.apiKey)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "optipick-webhooks")
+	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
+		c.metrics.apiCall(0, time.Since(start))
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() {
+		resp.Body.Close()
+		c.metrics.apiCall(resp.StatusCode, time.Since(start))
+	}()
 
 	if resp.StatusCode != http.StatusOK {
 		// Read enough to see whole any copy of the key that starts within

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -233,4 +234,26 @@ func TestSimulatorEndToEnd(t *testing.T) {
 func asSlice(v any) []any {
 	s, _ := v.([]any)
 	return s
+}
+
+// TestVersionIsPrinted: -version names the version injected at build time
+// and the Go release, and the "listening" line logs the same version.
+func TestVersionIsPrinted(t *testing.T) {
+	out, err := exec.Command(receiverBinary(t), "-version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("-version: %v\n%s", err, out)
+	}
+	if !strings.HasPrefix(string(out), "optipick-webhooks "+builtVersion) || !strings.Contains(string(out), " go1.") {
+		t.Errorf("-version printed %q", out)
+	}
+	api := newSimAPI(t, optipicksim.Config{})
+	env := receiverEnv(testSecret, testAPIKey, api.URL)
+	p := startReceiver(t, []string{receiverBinary(t)}, env)
+	if p.listening["version"] != builtVersion {
+		t.Errorf("the listening line logs version %v, want %s", p.listening["version"], builtVersion)
+	}
+	help, err := exec.Command(receiverBinary(t), "-h").CombinedOutput()
+	if err != nil || !strings.Contains(string(help), "WEBHOOK_SECRET") || !strings.Contains(string(help), "METRICS_ADDR") {
+		t.Errorf("-h: %v, want exit 0 and the variables:\n%s", err, help)
+	}
 }

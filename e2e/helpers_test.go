@@ -35,6 +35,9 @@ var (
 
 const testAPIKey = "e2e-api-key-7c2d0a"
 
+// builtVersion is injected into the receiver binary, as make build does.
+const builtVersion = "v0.0.0-e2e"
+
 // drainTimeout is the receiver's: deliveryDeadline (10 s) plus 5 s.
 const drainTimeout = 15 * time.Second
 
@@ -62,7 +65,7 @@ func receiverBinary(t *testing.T) string {
 			return
 		}
 		builtBinary = filepath.Join(buildDir, "optipick-webhooks")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", builtBinary, ".")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w -X main.version="+builtVersion, "-o", builtBinary, ".")
 		cmd.Dir = ".." // the module root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -77,12 +80,13 @@ func receiverBinary(t *testing.T) string {
 
 // process is a started receiver binary.
 type process struct {
-	cmd    *exec.Cmd
-	URL    string          // http://127.0.0.1:port
-	stdout strings.Builder // written by one goroutine until scanned is closed
-	stderr bytes.Buffer    // written by exec until the process is waited for
-	lines  chan map[string]any
-	exited chan error
+	cmd       *exec.Cmd
+	URL       string          // http://127.0.0.1:port
+	listening map[string]any  // its "listening" log line
+	stdout    strings.Builder // written by one goroutine until scanned is closed
+	stderr    bytes.Buffer    // written by exec until the process is waited for
+	lines     chan map[string]any
+	exited    chan error
 }
 
 // startReceiver runs argv (the binary, possibly behind a wrapper such as
@@ -143,7 +147,7 @@ func startReceiver(t *testing.T, argv []string, env map[string]string) *process 
 	if err != nil {
 		t.Fatalf("listening line %v: %v", listening, err)
 	}
-	p.URL = "http://127.0.0.1:" + port
+	p.URL, p.listening = "http://127.0.0.1:"+port, listening
 	return p
 }
 

@@ -67,6 +67,7 @@ func run(args []string, out io.Writer) error {
 	n := flags.Int("n", 5000, "deliveries per round (at most 100000)")
 	c := flags.Int("c", 64, "concurrent deliveries (at most 1024)")
 	rounds := flags.Int("rounds", 3, "rounds per server, alternating (at most 20)")
+	withMetrics := flags.Bool("metrics", false, "also run the receiver with METRICS_ADDR set, to measure what metrics cost")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -105,19 +106,31 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 	defer baseline.stop()
+	servers := []*server{receiver, baseline}
+	var metered *server
+	if *withMetrics {
+		if metered, err = startServer("metrics", []string{binary}, append(env, "METRICS_ADDR=127.0.0.1:0")); err != nil {
+			return err
+		}
+		defer metered.stop()
+		servers = append(servers, metered)
+	}
 
 	fmt.Fprintf(out, "loadtest: %d distinct signed deliveries a round at concurrency %d, %d rounds each, alternating; %d cores, %s\n",
 		*n, *c, *rounds, runtime.NumCPU(), runtime.Version())
-	for _, s := range []*server{receiver, baseline} { // warm up connections and caches
+	for _, s := range servers { // warm up connections and caches
 		if _, err := s.round(signer, "warmup", min(*n, 500), *c); err != nil {
 			return err
 		}
 	}
 	apiCalls.Store(0)
-	cpuBefore := map[*server]time.Duration{receiver: receiver.cpuTime(), baseline: baseline.cpuTime()}
+	cpuBefore := map[*server]time.Duration{}
+	for _, s := range servers {
+		cpuBefore[s] = s.cpuTime()
+	}
 	results := map[*server][]roundResult{}
 	for r := range *rounds {
-		for _, s := range []*server{receiver, baseline} {
+		for _, s := range servers {
 			result, err := s.round(signer, strconv.Itoa(r), *n, *c)
 			if err != nil {
 				return err
@@ -130,7 +143,7 @@ func run(args []string, out io.Writer) error {
 
 	fmt.Fprintf(out, "\n%-9s %10s %9s %9s %7s %11s %14s\n", "server", "req/s", "p50", "p99", "failed", "peak RSS", "CPU/delivery")
 	summary := map[*server]roundResult{}
-	for _, s := range []*server{receiver, baseline} {
+	for _, s := range servers {
 		sum := median(results[s])
 		summary[s] = sum
 		cpu := (s.cpuTime() - cpuBefore[s]) / time.Duration(*n**rounds)
@@ -138,8 +151,11 @@ func run(args []string, out io.Writer) error {
 			sum.p99.Round(10*time.Microsecond), sum.failed, float64(s.peakRSS())/(1<<20), float64(cpu)/float64(time.Microsecond))
 	}
 	fmt.Fprintf(out, "\nreceiver/baseline throughput: %.2fx (median of rounds); API calls: %d for %d deliveries\n",
-		summary[receiver].rate/summary[baseline].rate, apiCalls.Load(), 2**n**rounds)
-	if summary[receiver].failed+summary[baseline].failed > 0 {
+		summary[receiver].rate/summary[baseline].rate, apiCalls.Load(), len(servers)**n**rounds)
+	if metered != nil {
+		fmt.Fprintf(out, "receiver with METRICS_ADDR / without: %.2fx throughput\n", summary[metered].rate/summary[receiver].rate)
+	}
+	if summary[receiver].failed+summary[baseline].failed+summary[metered].failed > 0 {
 		return errors.New("some deliveries failed")
 	}
 	return nil
