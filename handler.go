@@ -190,8 +190,8 @@ type rejection struct {
 	status  int
 	outcome outcome
 	answer  string // the response body: never a secret or a detail of ours
-	reason string // for the log
-	abort  bool   // genuine: ask Svix not to retry
+	reason  string // for the log
+	abort   bool   // genuine: ask Svix not to retry
 }
 
 func (r *rejection) Error() string { return r.reason }
