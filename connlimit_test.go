@@ -66,11 +66,14 @@ func idleConn(t *testing.T, addr string) net.Conn {
 func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
 	const max = 4
 	addr, peak := limitedServer(t, max, newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1), nil, nil))
-	var idle []net.Conn
-	for range max {
+	// The first goes quiet a full shedAfter before the others, so that it is
+	// the oldest whatever the scheduling; then all are old enough to shed.
+	idle := []net.Conn{idleConn(t, addr)}
+	time.Sleep(shedAfter)
+	for range max - 1 {
 		idle = append(idle, idleConn(t, addr))
 	}
-	time.Sleep(shedAfter) // the policy spares connections that have only just gone quiet
+	time.Sleep(shedAfter)
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	for i := range 3 {
