@@ -33,8 +33,10 @@ help: ## list the targets
 demo: ## the whole flow offline: simulator + receiver, one cluster and one route optimization
 	go run ./cmd/demo
 
-run: ## run the receiver (reads .env if present)
-	go run .
+# The built binary, not go run: on Ctrl-C the receiver drains and exits 0,
+# while go run would exit 1 and make would report "Error 1".
+run: build ## build and run the receiver (reads .env if present; restart it after editing .env)
+	$(BINARY)
 
 sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too)
 	go run ./cmd/optipick-sim
