@@ -6,6 +6,10 @@ BINARY             := bin/optipick-webhooks
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 ACTIONLINT         := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 GOVULNCHECK        := golang.org/x/vuln/cmd/govulncheck@v1.9.0
+BENCHSTAT          := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+# make bench runs each benchmark BENCHCOUNT times: benchstat needs 6 for a
+# confidence interval of the median.
+BENCHCOUNT         ?= 6
 FUZZTIME           ?= 30s
 IMAGE              ?= optipick-webhooks:latest
 # make image: empty PLATFORMS builds for this machine's platform; several,
@@ -72,8 +76,12 @@ image: ## build the container image (IMAGE); PLATFORMS=linux/amd64,linux/arm64 f
 	echo "$$cmd"; [ -z "$(DRY_RUN)" ] || exit 0; \
 	$$cmd && $$engine image ls $(IMAGE)
 
-bench: ## Go benchmarks: verification vs a bare HMAC floor, the handler, decoding a 50 KiB result
-	go test -run '^$$' -bench . -benchmem -count 5 .
+bench: ## Go benchmarks, BENCHCOUNT runs each into bin/bench.txt; prints benchstat's medians and the ratios to in-run baselines
+	@mkdir -p bin
+	@echo "go test -run '^\$$' -bench . -benchmem -count $(BENCHCOUNT) . > bin/bench.txt   (raw results; takes a minute or two)"
+	@go test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) . > bin/bench.txt || { cat bin/bench.txt; exit 1; }
+	@go run $(BENCHSTAT) bin/bench.txt
+	@go run $(BENCHSTAT) -format csv bin/bench.txt 2>/dev/null | awk -f scripts/bench-ratios.awk
 
 loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3)
 	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3)
