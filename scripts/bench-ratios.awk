@@ -3,7 +3,7 @@
 # same run: the first benchmark of the nearest group it is not the first of.
 # With Verify1KiB/floor, Verify1KiB/library/1-secret and
 # Verify1KiB/library/2-secrets,...: 1-secret is compared with floor, the
-# 2-secrets ones with 1-secret. Plain POSIX awk (mawk, gawk, busybox).
+# 2-secrets ones with 1-secret. POSIX awk (tested with mawk, Debian's default).
 
 # Only the sec/op table: it starts at its header line and ends at a blank one.
 /^,sec\/op(,|$)/ { insec = 1; next }
