@@ -6,6 +6,10 @@ BINARY             := bin/optipick-webhooks
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 ACTIONLINT         := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 GOVULNCHECK        := golang.org/x/vuln/cmd/govulncheck@v1.9.0
+BENCHSTAT          := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+# make bench runs each benchmark BENCHCOUNT times: benchstat needs 6 for a
+# confidence interval of the median.
+BENCHCOUNT         ?= 6
 FUZZTIME           ?= 30s
 IMAGE              ?= optipick-webhooks:latest
 # make image: empty PLATFORMS builds for this machine's platform; several,
@@ -33,8 +37,10 @@ help: ## list the targets
 demo: ## the whole flow offline: simulator + receiver, one cluster and one route optimization
 	go run ./cmd/demo
 
-run: ## run the receiver (reads .env if present)
-	go run .
+# The built binary, not go run: on Ctrl-C the receiver drains and exits 0,
+# while go run would exit 1 and make would report "Error 1".
+run: build ## build and run the receiver (reads .env if present; restart it after editing .env)
+	$(BINARY)
 
 sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too)
 	go run ./cmd/optipick-sim
@@ -70,8 +76,12 @@ image: ## build the container image (IMAGE); PLATFORMS=linux/amd64,linux/arm64 f
 	echo "$$cmd"; [ -z "$(DRY_RUN)" ] || exit 0; \
 	$$cmd && $$engine image ls $(IMAGE)
 
-bench: ## Go benchmarks: verification vs a bare HMAC floor, the handler, decoding a 50 KiB result
-	go test -run '^$$' -bench . -benchmem -count 5 .
+bench: ## Go benchmarks, BENCHCOUNT runs each into bin/bench.txt; prints benchstat's medians and the ratios to in-run baselines
+	@mkdir -p bin
+	@echo "go test -run '^\$$' -bench . -benchmem -count $(BENCHCOUNT) . > bin/bench.txt   (raw results; takes a minute or two)"
+	@go test -run '^$$' -bench . -benchmem -count $(BENCHCOUNT) . > bin/bench.txt || { cat bin/bench.txt; exit 1; }
+	@go run $(BENCHSTAT) bin/bench.txt
+	@go run $(BENCHSTAT) -format csv bin/bench.txt 2>/dev/null | awk -f scripts/bench-ratios.awk
 
 loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3; METRICS=1 adds the receiver with metrics on)
 	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3) $(if $(METRICS),-metrics)
