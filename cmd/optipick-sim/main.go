@@ -63,6 +63,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	routeURL := flags.String("route-url", "http://127.0.0.1:8080/webhook/route", "where to deliver route.optimized (empty: nowhere)")
 	delay := flags.Duration("delay", time.Second, "how long an optimization takes")
 	timeScale := flags.Float64("time-scale", 1, "multiplies Svix's retry schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h); 0.001 turns 5 min into 0.3 s")
+	apiFault := flags.String("api-fault", "none", "make every GET of a result fail: 500, 503, 429 (with Retry-After: 1) or hang (no answer until the client gives up), to watch the receiver retry")
+	apiFaultFor := flags.Duration("api-fault-for", 0, "end the -api-fault outage this long after start (0: it lasts until the simulator stops)")
 	logFormat := flags.String("log-format", "text", "text or json")
 	example := flags.Bool("example", false, "print the Example warehouse request (10 picks over 5 orders) and exit")
 	newSecret := flags.Bool("new-secret", false, "print a new random whsec_ secret and exit")
@@ -85,6 +87,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *routeSecret == "" {
 		*routeSecret = *secret
 	}
+	fault, err := optipicksim.ParseAPIFault(*apiFault)
+	if err != nil {
+		return fmt.Errorf("-api-fault: %w", err)
+	}
 	var logger *slog.Logger
 	switch *logFormat {
 	case "text":
@@ -101,6 +107,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Route:         optipicksim.Receiver{URL: *routeURL, Secret: *routeSecret},
 		OptimizeDelay: *delay,
 		TimeScale:     *timeScale,
+		APIFault:      fault,
 		Logger:        logger,
 	})
 	if err != nil {
@@ -113,7 +120,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("-addr: %w", err)
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	logger.Info("listening", "addr", listener.Addr().String(), "cluster_url", *clusterURL, "route_url", *routeURL, "time_scale", *timeScale)
+	logger.Info("listening", "addr", listener.Addr().String(), "cluster_url", *clusterURL, "route_url", *routeURL, "time_scale", *timeScale, "api_fault", fault.String())
+	if fault != (optipicksim.APIFault{}) && *apiFaultFor > 0 {
+		outage := time.AfterFunc(*apiFaultFor, func() { sim.SetAPIFault(optipicksim.APIFault{}) })
+		defer outage.Stop()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(listener) }()
 	select {
