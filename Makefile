@@ -7,7 +7,7 @@ FUZZTIME           ?= 30s
 IMAGE              ?= optipick-webhooks:latest
 GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 
-.PHONY: help demo run sim test build image lint fuzz bench loadtest
+.PHONY: help demo run sim test build image lint fuzz bench loadtest chaos
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ bench: ## Go benchmarks: verification vs a bare HMAC floor, the handler, decodin
 
 loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3)
 	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3)
+
+chaos: ## 1,000 events through receiver kills, restarts and API outages; 0 lost or it fails (ARGS=-seed 7 ...)
+	go run ./cmd/chaos $(ARGS)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); the seeds also run in make test
 	go test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME) .

@@ -100,9 +100,10 @@ type Attempt struct {
 	MsgID     string
 	Kind      string
 	RequestID string
-	Number    int    // 1 for the first attempt
-	Status    int    // 0 when there was no answer
-	Err       string // why there was no answer
+	Number    int       // 1 for the first attempt
+	At        time.Time // when it was sent
+	Status    int       // 0 when there was no answer
+	Err       string    // why there was no answer
 	Latency   time.Duration
 	Aborted   bool // the receiver answered webhook-delivery: abort-message
 	Resend    bool // a manual resend (Resend), not one of the scheduled attempts
@@ -470,13 +471,13 @@ func (s *Simulator) attempt(url string, signer *svix.Webhook, msgID string, body
 	now := time.Now()
 	signature, err := signer.Sign(msgID, now, body)
 	if err != nil {
-		return Attempt{MsgID: msgID, Err: err.Error()}
+		return Attempt{MsgID: msgID, At: now, Err: err.Error()}
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, deliveryTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return Attempt{MsgID: msgID, Err: err.Error()}
+		return Attempt{MsgID: msgID, At: now, Err: err.Error()}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "optipick-sim (Svix-style delivery)")
@@ -486,11 +487,11 @@ func (s *Simulator) attempt(url string, signer *svix.Webhook, msgID string, body
 	resp, err := s.client.Do(req)
 	latency := time.Since(now)
 	if err != nil {
-		return Attempt{MsgID: msgID, Err: err.Error(), Latency: latency}
+		return Attempt{MsgID: msgID, At: now, Err: err.Error(), Latency: latency}
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	return Attempt{MsgID: msgID, Status: resp.StatusCode, Latency: latency,
+	return Attempt{MsgID: msgID, At: now, Status: resp.StatusCode, Latency: latency,
 		Aborted: resp.Header.Get("webhook-delivery") == "abort-message"}
 }
 
