@@ -57,7 +57,7 @@ func TestShortChaosRun(t *testing.T) {
 		t.Skip("builds and runs the receiver for about a minute; make chaos runs the long version")
 	}
 	var out strings.Builder
-	sum, err := run(context.Background(), []string{"-n", "200", "-rate", "20", "-kills", "6", "-fault-windows", "4",
+	sum, err := run(context.Background(), []string{"-n", "200", "-rate", "10", "-kills", "6", "-fault-windows", "4",
 		"-dup-bursts", "1", "-dup-burst-size", "20", "-time-scale", "0.002", "-seed", "13", "-timeout", "4m"}, &out)
 	t.Log("\n" + out.String())
 	if err != nil {

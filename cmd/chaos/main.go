@@ -22,12 +22,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -81,8 +83,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.Float64Var(&o.graceful, "graceful", 0.25, "share of the stops that are SIGTERM (drain) rather than SIGKILL")
 	flags.DurationVar(&o.minPause, "min-pause", 200*time.Millisecond, "shortest pause before a restart")
 	flags.DurationVar(&o.maxPause, "max-pause", 2*time.Second, "longest pause before a restart")
-	flags.IntVar(&o.faultWindows, "fault-windows", 8, "API outages (500, 503, 429 and hang in turn) during the submissions")
-	flags.DurationVar(&o.maxOutage, "max-outage", 4*time.Second, "longest API outage (hangs last at most half of it)")
+	flags.IntVar(&o.faultWindows, "fault-windows", 6, "API outages (500, 503, 429 and hang in turn) during the submissions")
+	flags.DurationVar(&o.maxOutage, "max-outage", 10*time.Second, "longest API outage (hangs: 60% of it), if the submissions leave room; one longer than the receiver's 10 s deadline makes it answer 5xx")
 	flags.IntVar(&o.bursts, "dup-bursts", 2, "bursts of duplicate deliveries (resends of already-sent messages)")
 	flags.IntVar(&o.burstSize, "dup-burst-size", 50, "messages resent per burst, each twice at once")
 	flags.Float64Var(&o.timeScale, "time-scale", 0.005, "multiplies Svix's retry schedule (0.005: retries after 25ms, 1.5s, 9s, 36s, 1m30s, 3m, 3m)")
@@ -220,11 +222,11 @@ func chaos(ctx context.Context, o options, sched schedule, bin, dir string, out 
 		}
 	}
 
-	receiverPort, err := freePort()
+	port, err := receiverPort()
 	if err != nil {
 		return sum, err
 	}
-	receiverURL := "http://127.0.0.1:" + receiverPort
+	receiverURL := "http://127.0.0.1:" + port
 	simLog, err := os.Create(dir + "/simulator.log")
 	if err != nil {
 		return sum, err
@@ -257,7 +259,7 @@ func chaos(ctx context.Context, o options, sched schedule, bin, dir string, out 
 	}()
 
 	env := []string{"PATH=" + os.Getenv("PATH"), "WEBHOOK_SECRET=" + secret, "OPTIPICK_API_KEY=" + apiKey,
-		"OPTIPICK_API_URL=" + simURL, "PORT=" + receiverPort, "LOG_FORMAT=json", "LOG_LEVEL=info", "DEDUPE_WINDOW=24h"}
+		"OPTIPICK_API_URL=" + simURL, "PORT=" + port, "LOG_FORMAT=json", "LOG_LEVEL=info", "DEDUPE_WINDOW=24h"}
 	book := &logBook{}
 	var (
 		mu      sync.Mutex // guards current and incarnations
@@ -689,8 +691,29 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// freePort asks the system for a free loopback port.
-func freePort() (string, error) {
+// receiverPort finds a free port for the receiver outside the system's
+// ephemeral range: the receiver is restarted on the same port, and while it
+// is down, an outgoing connection of this run (thousands of them) could
+// otherwise be given that port as its own, and the restart would fail with
+// "address already in use".
+func receiverPort() (string, error) {
+	low := 32768 // Linux's default start of the ephemeral range
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	if low > 2048 {
+		for range 100 {
+			port := strconv.Itoa(1024 + rand.IntN(low-1024))
+			if l, err := net.Listen("tcp", ":"+port); err == nil {
+				l.Close()
+				return port, nil
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err

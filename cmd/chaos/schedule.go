@@ -83,8 +83,8 @@ func newSchedule(o options) schedule {
 		slot := phase / time.Duration(o.faultWindows)
 		w := window{fault: kinds[i%len(kinds)]}
 		w.length = between(rng, o.maxOutage/4, o.maxOutage)
-		if w.fault.Hang { // each hung GET holds a delivery ~5 s: keep them short
-			w.length = between(rng, o.maxOutage/8, o.maxOutage/2)
+		if w.fault.Hang { // each hung GET holds a delivery ~5 s: keep them shorter
+			w.length = between(rng, o.maxOutage/4, o.maxOutage*6/10)
 		}
 		w.length = min(w.length, slot*9/10)
 		w.at = time.Duration(i)*slot + time.Duration(rng.Float64()*float64(slot-w.length))
