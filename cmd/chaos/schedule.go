@@ -98,9 +98,7 @@ func newSchedule(o options) schedule {
 		b := burst{at: phase/2 + time.Duration(float64(i)+rng.Float64())*phase/2/time.Duration(o.bursts)}
 		submitted := int((b.at - time.Second) / interval)
 		if submitted > 0 {
-			for _, j := range rng.Perm(submitted)[:min(o.burstSize, submitted)] {
-				b.indices = append(b.indices, j)
-			}
+			b.indices = rng.Perm(submitted)[:min(o.burstSize, submitted)]
 		}
 		s.bursts = append(s.bursts, b)
 		s.end = max(s.end, b.at)
