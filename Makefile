@@ -18,8 +18,8 @@ demo: ## the whole flow offline: simulator + receiver, one cluster and one route
 run: ## run the receiver (reads .env if present)
 	go run .
 
-sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too)
-	go run ./cmd/optipick-sim
+sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too; retries at 0.1 scale; ARGS=...)
+	go run ./cmd/optipick-sim $(ARGS)
 
 test: ## go vet, then every test with the race detector
 	go vet ./...

@@ -435,7 +435,7 @@ func (s *Simulator) deliver(kind, requestID string) {
 	s.msgIDs[kind+"/"+requestID] = msgID
 	s.mu.Unlock()
 	for number := 1; number <= len(RetrySchedule)+1; number++ {
-		if number > 1 && !s.sleep(time.Duration(float64(RetrySchedule[number-2])*s.cfg.TimeScale)) {
+		if number > 1 && !s.sleep(s.retryDelay(number-1)) {
 			return
 		}
 		attempt := s.attempt(receiver.URL, s.signer[kind], msgID, body)
@@ -450,9 +450,31 @@ func (s *Simulator) deliver(kind, requestID string) {
 		case attempt.Aborted:
 			s.log.Warn("receiver asked not to retry (abort-message)", "svix_id", msgID)
 			return
+		case number <= len(RetrySchedule):
+			next := s.retryDelay(number)
+			shown := next
+			if shown > time.Millisecond {
+				shown = shown.Round(time.Millisecond)
+			}
+			s.log.Info("next attempt in "+shown.String(), "kind", kind, "request_id", requestID, "svix_id", msgID,
+				"attempt", number+1, "at", time.Now().Add(next).Format(time.TimeOnly))
 		}
 	}
 	s.log.Warn("delivery failed after every retry", "kind", kind, "request_id", requestID, "svix_id", msgID)
+}
+
+// retryDelay is the scaled wait after the failed attempt number n (from 1).
+func (s *Simulator) retryDelay(n int) time.Duration {
+	return ScaledRetrySchedule(s.cfg.TimeScale)[n-1]
+}
+
+// ScaledRetrySchedule is RetrySchedule multiplied by scale.
+func ScaledRetrySchedule(scale float64) []time.Duration {
+	out := make([]time.Duration, len(RetrySchedule))
+	for i, d := range RetrySchedule {
+		out[i] = time.Duration(float64(d) * scale)
+	}
+	return out
 }
 
 func (s *Simulator) logAttempt(msg string, a Attempt) {

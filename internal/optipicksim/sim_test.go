@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -455,4 +456,43 @@ func TestPendingCountsUndeliveredMessages(t *testing.T) {
 	if got := sim.Pending(); got != 0 {
 		t.Errorf("Pending = %d once delivered, want 0", got)
 	}
+}
+
+func TestAFailedAttemptLogsWhenTheNextOneIs(t *testing.T) {
+	var logs syncLog
+	stub := &stubReceiver{answers: []int{500, 200}}
+	receiver := httptest.NewServer(stub)
+	t.Cleanup(receiver.Close)
+	_, server := newTestSim(t, Config{
+		Cluster:   Receiver{URL: receiver.URL + "/webhook/cluster", Secret: testSecret},
+		TimeScale: 0.0001, // 5 s → 0.5 ms
+		Logger:    slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	call(t, "POST", server.URL+"/optimize/cluster?synchronous=false", testKey, ExampleRequest())
+	for deadline := time.Now().Add(5 * time.Second); stub.count() < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if stub.count() != 2 {
+		t.Fatalf("receiver got %d attempts, want 2", stub.count())
+	}
+	if out := logs.String(); !strings.Contains(out, `msg="next attempt in 500µs"`) || !strings.Contains(out, "attempt=2") {
+		t.Errorf("no next-attempt line after the 500:\n%s", out)
+	}
+}
+
+type syncLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
