@@ -2,10 +2,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"optipick-webhooks/internal/optipicksim"
 )
 
 // TestScheduleComesFromTheSeed: one seed, one schedule; another seed,
@@ -83,5 +93,118 @@ func TestShortChaosRun(t *testing.T) {
 	}
 	if len(sum.unknown) > 0 {
 		t.Errorf("logged request_ids never submitted: %v", sum.unknown)
+	}
+}
+
+// TestMain doubles as a broken receiver when the chaos run starts this
+// test binary in place of the real one (it recognises the run's API key):
+// it answers 200 to every delivery but logs only some, as a receiver that
+// acknowledged before it had logged would lose events.
+func TestMain(m *testing.M) {
+	if os.Getenv("OPTIPICK_API_KEY") == apiKey && os.Getenv("PORT") != "" {
+		serveLossyReceiver()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// lossyDrop is which events the broken receiver acknowledges unlogged:
+// those whose request_id ends in 0, 4 or 8.
+func lossyDrop(requestID string) bool {
+	return strings.IndexByte("048", requestID[len(requestID)-1]) >= 0
+}
+
+func serveLossyReceiver() {
+	listener, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	var mu sync.Mutex
+	logLine := func(v map[string]any) {
+		v["time"] = time.Now().Format(time.RFC3339Nano)
+		b, _ := json.Marshal(v)
+		mu.Lock()
+		defer mu.Unlock()
+		os.Stdout.Write(append(b, '\n'))
+	}
+	logLine(map[string]any{"msg": "listening", "addr": listener.Addr().String()})
+	go func() { // SIGTERM: exit 0, as the receiver does
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM)
+		<-stop
+		os.Exit(0)
+	}()
+	http.Serve(listener, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			RequestID string `json:"request_id"`
+		}
+		json.NewDecoder(r.Body).Decode(&body)
+		if body.RequestID != "" && !lossyDrop(body.RequestID) {
+			logLine(map[string]any{"msg": "optimization fetched", "request_id": body.RequestID, "svix_id": r.Header.Get("svix-id")})
+		}
+		io.WriteString(w, "fetched\n")
+	}))
+}
+
+// TestALostEventFailsTheRun: against a receiver that acknowledges events it
+// did not log, the run fails and names the seed and every lost request_id.
+func TestALostEventFailsTheRun(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	sum, err := run(context.Background(), []string{"-receiver", self, "-n", "30", "-rate", "100", "-kills", "1", "-min-pause", "0",
+		"-max-pause", "10ms", "-fault-windows", "0", "-dup-bursts", "0", "-seed", "42", "-timeout", "1m", "-log-dir", t.TempDir()}, &out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	t.Log("\n" + out.String())
+	if sum.ok() || len(sum.lost) == 0 {
+		t.Fatalf("the run passed with %d lost:\n%s", len(sum.lost), out.String())
+	}
+	for _, id := range sum.lost {
+		if !lossyDrop(id) {
+			t.Errorf("%s counted lost, but it was logged", id)
+		}
+	}
+	if len(sum.badStops) > 0 {
+		t.Errorf("stops failed: %v", sum.badStops)
+	}
+	if sum.logged+len(sum.lost) != 30 {
+		t.Errorf("logged %d + lost %d != 30 submitted", sum.logged, len(sum.lost))
+	}
+	want := fmt.Sprintf("chaos: FAILED (seed 42): %d lost: %s", len(sum.lost), strings.Join(sum.lost, " "))
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks %q:\n%s", want, out.String())
+	}
+}
+
+func TestWhyTwice(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	killed := map[int]string{1: "SIGKILL", 2: "SIGTERM"}
+	attempts := []optipicksim.Attempt{
+		{At: at(0), Latency: 20 * time.Millisecond},                  // killed: no answer
+		{At: at(1000), Latency: 10 * time.Millisecond, Status: 200},  // a retry
+		{At: at(2000), Latency: 10 * time.Millisecond, Resend: true}, // a resend
+		{At: at(3000), Latency: 10 * time.Millisecond, Status: 200},  // a later scheduled retry
+		{At: at(4000), Latency: 10 * time.Millisecond, Status: 200, Resend: true},
+	}
+	for _, tc := range []struct {
+		earlier fetched
+		later   fetched
+		want    string
+	}{
+		{fetched{incarnation: 1, at: at(10)}, fetched{incarnation: 3, at: at(1005)}, "SIGKILLed between logging and answering"},
+		{fetched{incarnation: 2, at: at(10)}, fetched{incarnation: 3, at: at(1005)}, "UNEXPLAINED"}, // a drain answers
+		{fetched{incarnation: 3, at: at(1005)}, fetched{incarnation: 4, at: at(4005)}, "a resend reached a receiver process"},
+		{fetched{incarnation: 3, at: at(2005)}, fetched{incarnation: 4, at: at(3005)}, "still retrying the original"},
+		{fetched{incarnation: 3, at: at(1005)}, fetched{incarnation: 3, at: at(3005)}, "UNEXPECTED"},
+	} {
+		if got := whyTwice([]fetched{tc.earlier}, tc.later, killed, attempts); !strings.Contains(got, tc.want) {
+			t.Errorf("%+v then %+v: %q, want %q", tc.earlier, tc.later, got, tc.want)
+		}
 	}
 }

@@ -632,6 +632,9 @@ func printSummary(out io.Writer, s summary) {
 	for _, n := range s.windows {
 		windows += n
 	}
+	if windows == 0 {
+		kinds = []string{"none"}
+	}
 	line("API fault windows", "%d (%s; %.1f s in all; %d GETs faulted)", windows, strings.Join(kinds, ", "), s.outage.Seconds(), s.faultedGETs)
 	line("duplicate deliveries", "%d resends of %d messages (same svix-id), %d answered 2xx", s.resends, s.resendMessages, s.resendsAnswered)
 	line("delivery attempts", "per event max %d, mean %.2f; %d events needed a retry; Svix gave up on %d", s.maxAttempts, s.meanAttempts, s.retried, s.gaveUp)
