@@ -128,13 +128,13 @@ func serveLossyReceiver() {
 		defer mu.Unlock()
 		os.Stdout.Write(append(b, '\n'))
 	}
-	logLine(map[string]any{"msg": "listening", "addr": listener.Addr().String()})
-	go func() { // SIGTERM: exit 0, as the receiver does
-		stop := make(chan os.Signal, 1)
-		signal.Notify(stop, syscall.SIGTERM)
+	stop := make(chan os.Signal, 1) // SIGTERM: exit 0, as the receiver does
+	signal.Notify(stop, syscall.SIGTERM)
+	go func() {
 		<-stop
 		os.Exit(0)
 	}()
+	logLine(map[string]any{"msg": "listening", "addr": listener.Addr().String()})
 	http.Serve(listener, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
 			RequestID string `json:"request_id"`
