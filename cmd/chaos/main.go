@@ -262,7 +262,7 @@ func chaos(ctx context.Context, o options, sched schedule, bin, dir string, out 
 		"OPTIPICK_API_URL=" + simURL, "PORT=" + port, "LOG_FORMAT=json", "LOG_LEVEL=info", "DEDUPE_WINDOW=24h"}
 	book := &logBook{}
 	var (
-		mu      sync.Mutex // guards current and incarnations
+		mu      sync.Mutex // guards current, count and up
 		current *incarnation
 		count   int
 		up      bool // listening, and not being stopped
@@ -636,7 +636,11 @@ func printSummary(out io.Writer, s summary) {
 		kinds = []string{"none"}
 	}
 	line("API fault windows", "%d (%s; %.1f s in all; %d GETs faulted)", windows, strings.Join(kinds, ", "), s.outage.Seconds(), s.faultedGETs)
-	line("duplicate deliveries", "%d resends of %d messages (same svix-id), %d answered 2xx", s.resends, s.resendMessages, s.resendsAnswered)
+	skipped := ""
+	if s.resendSkipped > 0 {
+		skipped = fmt.Sprintf("; %d picked messages not yet sent, so not resent", s.resendSkipped)
+	}
+	line("duplicate deliveries", "%d resends of %d messages (same svix-id), %d answered 2xx%s", s.resends, s.resendMessages, s.resendsAnswered, skipped)
 	line("delivery attempts", "per event max %d, mean %.2f; %d events needed a retry; Svix gave up on %d", s.maxAttempts, s.meanAttempts, s.retried, s.gaveUp)
 	line("wall time", "%s", s.wall.Round(100*time.Millisecond))
 	if len(s.badStops) > 0 {
