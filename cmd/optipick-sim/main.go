@@ -63,6 +63,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	receiverURL := receiverBaseURL(getenv)
 	flags := flag.NewFlagSet("optipick-sim", flag.ContinueOnError)
 	flags.SetOutput(stderr)
+	flags.Usage = func() {
+		fmt.Fprint(stderr, "usage: optipick-sim [flags]                                    serve the API and deliver webhooks\n"+
+			"       optipick-sim send -kind K -request-id ID [-svix-id msg_...]   deliver one now (send -h)\n"+
+			"       optipick-sim resend -svix-id msg_... -kind K -request-id ID   replay a message id\n")
+		flags.PrintDefaults()
+	}
 	addr := flags.String("addr", "127.0.0.1:8090", "address to serve the simulated API on (port 0: a free one, logged)")
 	apiKey := flags.String("api-key", getenv("OPTIPICK_API_KEY"), "the X-API-KEY to accept (default $OPTIPICK_API_KEY)")
 	secret := flags.String("secret", firstSecret, "whsec_ secret to sign deliveries with (default: the first in $WEBHOOK_SECRET)")
