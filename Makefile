@@ -29,7 +29,7 @@ GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 # The race detector needs cgo, so a C compiler: used where there is one.
 RACE               := $(shell command -v "$$(go env CC)" >/dev/null 2>&1 && echo -race)
 
-.PHONY: help demo run sim test build cross-check image lint vulncheck fuzz bench loadtest
+.PHONY: help demo run sim test build cross-check image lint vulncheck fuzz bench loadtest chaos
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,8 +42,10 @@ demo: ## the whole flow offline: simulator + receiver, one cluster and one route
 run: build ## build and run the receiver (reads .env if present; restart it after editing .env)
 	$(BINARY)
 
-sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too)
-	go run ./cmd/optipick-sim
+sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too; retries at 0.1 scale; ARGS=...)
+	@mkdir -p bin
+	go build -o bin/optipick-sim ./cmd/optipick-sim
+	bin/optipick-sim $(ARGS)
 
 test: ## go vet, then every test (with the race detector where a C compiler is installed)
 	@if [ -z "$(RACE)" ]; then echo "make test: no C compiler ($$(go env CC)), so no race detector: install gcc to use it"; fi
@@ -85,6 +87,9 @@ bench: ## Go benchmarks, BENCHCOUNT runs each into bin/bench.txt; prints benchst
 
 loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3; METRICS=1 adds the receiver with metrics on)
 	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3) $(if $(METRICS),-metrics)
+
+chaos: ## 1,000 events through receiver kills, restarts and API outages; 0 lost or it fails (ARGS=-seed 7 ...)
+	go run ./cmd/chaos $(ARGS)
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s); the seeds also run in make test
 	go test -run '^$$' -fuzz '^FuzzWebhook$$' -fuzztime $(FUZZTIME) .

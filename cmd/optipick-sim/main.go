@@ -2,10 +2,12 @@
 // OptiPick API and its Svix webhook delivery, for running the receiver
 // offline. It is not part of the receiver and is not OptiPick.
 //
-//	optipick-sim [flags]
+//	optipick-sim [flags]                      serve the API, deliver webhooks
+//	optipick-sim send -kind K -request-id ID  deliver one signed webhook now
+//	optipick-sim resend -svix-id msg_... ...  the same, replaying a message id
 //
-// It reads the same .env as the receiver (WEBHOOK_SECRET, OPTIPICK_API_KEY);
-// flags override it. Start an optimization with
+// It reads the same .env as the receiver (WEBHOOK_SECRET, OPTIPICK_API_KEY,
+// PORT); flags override it. Start an optimization with
 //
 //	curl -X POST 'http://127.0.0.1:8090/optimize/cluster?synchronous=false' \
 //	  -H "X-API-KEY: $OPTIPICK_API_KEY" -d "$(optipick-sim -example)"
@@ -26,6 +28,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -48,21 +51,34 @@ func main() {
 	}
 }
 
+// devTimeScale is the default retry scale: development waits seconds or
+// minutes, not hours.
+const devTimeScale = 0.1
+
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	var firstSecret string
-	if secrets := strings.Fields(strings.ReplaceAll(getenv("WEBHOOK_SECRET"), ",", " ")); len(secrets) > 0 {
-		firstSecret = secrets[0]
+	if len(args) > 1 && (args[1] == "send" || args[1] == "resend") {
+		return send(ctx, args[1], args[2:], getenv, stdout, stderr)
 	}
+	firstSecret := firstSecret(getenv)
+	receiverURL := receiverBaseURL(getenv)
 	flags := flag.NewFlagSet("optipick-sim", flag.ContinueOnError)
 	flags.SetOutput(stderr)
+	flags.Usage = func() {
+		fmt.Fprint(stderr, "usage: optipick-sim [flags]                                    serve the API and deliver webhooks\n"+
+			"       optipick-sim send -kind K -request-id ID [-svix-id msg_...]   deliver one now (send -h)\n"+
+			"       optipick-sim resend -svix-id msg_... -kind K -request-id ID   replay a message id\n")
+		flags.PrintDefaults()
+	}
 	addr := flags.String("addr", "127.0.0.1:8090", "address to serve the simulated API on (port 0: a free one, logged)")
 	apiKey := flags.String("api-key", getenv("OPTIPICK_API_KEY"), "the X-API-KEY to accept (default $OPTIPICK_API_KEY)")
 	secret := flags.String("secret", firstSecret, "whsec_ secret to sign deliveries with (default: the first in $WEBHOOK_SECRET)")
 	routeSecret := flags.String("route-secret", "", "another secret for route deliveries (default: -secret)")
-	clusterURL := flags.String("cluster-url", "http://127.0.0.1:8080/webhook/cluster", "where to deliver cluster.optimized (empty: nowhere)")
-	routeURL := flags.String("route-url", "http://127.0.0.1:8080/webhook/route", "where to deliver route.optimized (empty: nowhere)")
+	clusterURL := flags.String("cluster-url", receiverURL+"/webhook/cluster", "where to deliver cluster.optimized (empty: nowhere; default: the receiver's $PORT)")
+	routeURL := flags.String("route-url", receiverURL+"/webhook/route", "where to deliver route.optimized (empty: nowhere; default: the receiver's $PORT)")
 	delay := flags.Duration("delay", time.Second, "how long an optimization takes")
-	timeScale := flags.Float64("time-scale", 1, "multiplies Svix's retry schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h); 0.001 turns 5 min into 0.3 s")
+	timeScale := flags.Float64("time-scale", devTimeScale, "multiplies Svix's retry schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h): 0.1 retries after 0.5s, 30s, 3m, ...; 1 is Svix's own")
+	apiFault := flags.String("api-fault", "none", "make every GET of a result fail: 500, 503, 429 (with Retry-After: 1) or hang (no answer until the client gives up), to watch the receiver retry")
+	apiFaultFor := flags.Duration("api-fault-for", 0, "end the -api-fault outage this long after start (0: it lasts until the simulator stops)")
 	logFormat := flags.String("log-format", "text", "text or json")
 	example := flags.Bool("example", false, "print the Example warehouse request (10 picks over 5 orders) and exit")
 	newSecret := flags.Bool("new-secret", false, "print a new random whsec_ secret and exit")
@@ -85,6 +101,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *routeSecret == "" {
 		*routeSecret = *secret
 	}
+	fault, err := optipicksim.ParseAPIFault(*apiFault)
+	if err != nil {
+		return fmt.Errorf("-api-fault: %w", err)
+	}
 	var logger *slog.Logger
 	switch *logFormat {
 	case "text":
@@ -101,6 +121,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Route:         optipicksim.Receiver{URL: *routeURL, Secret: *routeSecret},
 		OptimizeDelay: *delay,
 		TimeScale:     *timeScale,
+		APIFault:      fault,
 		Logger:        logger,
 	})
 	if err != nil {
@@ -113,7 +134,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("-addr: %w", err)
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	logger.Info("listening", "addr", listener.Addr().String(), "cluster_url", *clusterURL, "route_url", *routeURL, "time_scale", *timeScale)
+	logger.Info("listening", "addr", listener.Addr().String(), "cluster_url", *clusterURL, "route_url", *routeURL,
+		"time_scale", *timeScale, "retries_after", retriesAfter(*timeScale), "api_fault", fault.String())
+	if fault != (optipicksim.APIFault{}) && *apiFaultFor > 0 {
+		outage := time.AfterFunc(*apiFaultFor, func() { sim.SetAPIFault(optipicksim.APIFault{}) })
+		defer outage.Stop()
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(listener) }()
 	select {
@@ -129,4 +155,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// retriesAfter is the scaled retry schedule, readably.
+func retriesAfter(scale float64) string {
+	var parts []string
+	for _, d := range optipicksim.ScaledRetrySchedule(scale) {
+		if d > time.Millisecond {
+			d = d.Round(time.Millisecond)
+		}
+		parts = append(parts, d.String())
+	}
+	return strings.Join(parts, ", ")
+}
+
+// firstSecret is the first of $WEBHOOK_SECRET's secrets.
+func firstSecret(getenv func(string) string) string {
+	if secrets := strings.Fields(strings.ReplaceAll(getenv("WEBHOOK_SECRET"), ",", " ")); len(secrets) > 0 {
+		return secrets[0]
+	}
+	return ""
+}
+
+// receiverBaseURL is where the receiver listens by default: on $PORT (as
+// the receiver reads it), else 8080.
+func receiverBaseURL(getenv func(string) string) string {
+	port := "8080"
+	if n, err := strconv.Atoi(getenv("PORT")); err == nil && n > 0 && n < 65536 {
+		port = strconv.Itoa(n)
+	}
+	return "http://127.0.0.1:" + port
 }

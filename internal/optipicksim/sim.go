@@ -48,7 +48,51 @@ type Config struct {
 	Route         Receiver      // where route.optimized goes
 	OptimizeDelay time.Duration // how long an optimization "takes"
 	TimeScale     float64       // multiplies RetrySchedule; 0 means 1
+	APIFault      APIFault      // how GET /optimize/{kind}/{id} fails at first; see SetAPIFault
 	Logger        *slog.Logger  // nil: no logs
+}
+
+// APIFault makes the simulated API fail every GET of a result, as an
+// outage of OptiPick's API would: answer Status (500, 503 or 429, with
+// OptiPick's gateway bodies; 429 adds Retry-After: 1), or Hang without
+// answering until the client gives up. The zero value is no fault. It
+// applies to GET /optimize/{kind}/{request_id} only: submitting works on.
+type APIFault struct {
+	Status int  // 500, 503 or 429
+	Hang   bool // answer nothing until the client gives up (at most maxHang)
+}
+
+// maxHang bounds how long a hung GET holds its request.
+const maxHang = time.Minute
+
+// ParseAPIFault reads "500", "503", "429", "hang", or "" or "none" (no fault).
+func ParseAPIFault(s string) (APIFault, error) {
+	switch s {
+	case "", "none":
+		return APIFault{}, nil
+	case "hang":
+		return APIFault{Hang: true}, nil
+	case "500", "503", "429":
+		status, _ := strconv.Atoi(s)
+		return APIFault{Status: status}, nil
+	}
+	return APIFault{}, fmt.Errorf("API fault %q: want 500, 503, 429, hang or none", s)
+}
+
+// String is the form ParseAPIFault reads.
+func (f APIFault) String() string {
+	switch {
+	case f.Hang:
+		return "hang"
+	case f.Status != 0:
+		return strconv.Itoa(f.Status)
+	}
+	return "none"
+}
+
+func (f APIFault) valid() bool {
+	_, err := ParseAPIFault(f.String())
+	return err == nil && !(f.Hang && f.Status != 0)
 }
 
 // Attempt is one delivery attempt, as the Svix dashboard would list it.
@@ -56,11 +100,13 @@ type Attempt struct {
 	MsgID     string
 	Kind      string
 	RequestID string
-	Number    int    // 1 for the first attempt
-	Status    int    // 0 when there was no answer
-	Err       string // why there was no answer
+	Number    int       // 1 for the first attempt
+	At        time.Time // when it was sent
+	Status    int       // 0 when there was no answer
+	Err       string    // why there was no answer
 	Latency   time.Duration
 	Aborted   bool // the receiver answered webhook-delivery: abort-message
+	Resend    bool // a manual resend (Resend), not one of the scheduled attempts
 }
 
 // Succeeded reports whether Svix would count the attempt as delivered.
@@ -81,9 +127,21 @@ type Simulator struct {
 	started int64 // nanoseconds; makes ids unique across restarts
 	ids     atomic.Uint64
 
+	undelivered atomic.Int64 // messages accepted whose delivery has not ended
+	faulted     atomic.Int64 // GETs answered with a fault
+
 	mu       sync.Mutex
 	results  map[string][]byte // kind/request_id → result JSON
 	attempts []Attempt
+	fault    APIFault
+	messages map[string]message // by svix-id
+	msgIDs   map[string]string  // kind/request_id → svix-id
+}
+
+// message is a webhook message, kept so that it can be resent.
+type message struct {
+	kind, requestID, url string
+	body                 []byte
 }
 
 // New checks cfg and returns a Simulator.
@@ -93,6 +151,9 @@ func New(cfg Config) (*Simulator, error) {
 	}
 	if cfg.TimeScale <= 0 {
 		cfg.TimeScale = 1
+	}
+	if !cfg.APIFault.valid() {
+		return nil, fmt.Errorf("optipicksim: API fault %+v: want a Status of 500, 503 or 429, or Hang", cfg.APIFault)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -106,9 +167,12 @@ func New(cfg Config) (*Simulator, error) {
 			// Svix counts a redirect as a failure; it does not follow it.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		signer:  map[string]*svix.Webhook{},
-		results: map[string][]byte{},
-		started: time.Now().UnixNano(),
+		signer:   map[string]*svix.Webhook{},
+		results:  map[string][]byte{},
+		fault:    cfg.APIFault,
+		messages: map[string]message{},
+		msgIDs:   map[string]string{},
+		started:  time.Now().UnixNano(),
 	}
 	for kind, r := range map[string]Receiver{"cluster": cfg.Cluster, "route": cfg.Route} {
 		if r.URL == "" {
@@ -135,6 +199,55 @@ func (s *Simulator) Attempts() []Attempt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Attempt(nil), s.attempts...)
+}
+
+// SetAPIFault changes how GETs of results fail from now on; the zero
+// APIFault ends the outage. A GET already hanging goes on hanging.
+func (s *Simulator) SetAPIFault(f APIFault) error {
+	if !f.valid() {
+		return fmt.Errorf("optipicksim: API fault %+v: want a Status of 500, 503 or 429, or Hang", f)
+	}
+	s.mu.Lock()
+	s.fault = f
+	s.mu.Unlock()
+	s.log.Info("API fault set", "fault", f.String())
+	return nil
+}
+
+// FaultedGETs counts the GETs of results answered with a fault so far.
+func (s *Simulator) FaultedGETs() int64 { return s.faulted.Load() }
+
+// Pending counts the asynchronous optimizations whose webhook has not yet
+// been delivered, aborted or given up on (as the Svix dashboard's
+// "pending" and "sending" messages). Resends are not counted.
+func (s *Simulator) Pending() int { return int(s.undelivered.Load()) }
+
+// MessageID is the svix-id of the webhook message of an optimization,
+// once its first delivery attempt has been made.
+func (s *Simulator) MessageID(kind, requestID string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.msgIDs[kind+"/"+requestID]
+	return id, ok
+}
+
+// Resend delivers a message once more, as the Svix dashboard's "Resend"
+// does: the same svix-id and body, a fresh timestamp and signature, one
+// attempt, not retried. It is recorded among Attempts with Resend set.
+func (s *Simulator) Resend(msgID string) (Attempt, error) {
+	s.mu.Lock()
+	m, ok := s.messages[msgID]
+	s.mu.Unlock()
+	if !ok {
+		return Attempt{}, fmt.Errorf("optipicksim: no message %q", msgID)
+	}
+	attempt := s.attempt(m.url, s.signer[m.kind], msgID, m.body)
+	attempt.Kind, attempt.RequestID, attempt.Resend = m.kind, m.requestID, true
+	s.mu.Lock()
+	s.attempts = append(s.attempts, attempt)
+	s.mu.Unlock()
+	s.logAttempt("resend", attempt)
+	return attempt, nil
 }
 
 // Handler serves the simulated OptiPick API.
@@ -195,8 +308,10 @@ func (s *Simulator) handleOptimize(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("optimization accepted", "kind", kind, "request_id", requestID, "picks", len(req.Picks))
 	s.pending.Add(1)
+	s.undelivered.Add(1)
 	go func() {
 		defer s.pending.Done()
+		defer s.undelivered.Add(-1)
 		if !s.sleep(s.cfg.OptimizeDelay) {
 			return
 		}
@@ -209,12 +324,42 @@ func (s *Simulator) handleOptimize(w http.ResponseWriter, r *http.Request) {
 func (s *Simulator) handleResult(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	result, ok := s.results[r.PathValue("kind")+"/"+r.PathValue("request_id")]
+	fault := s.fault
 	s.mu.Unlock()
+	if fault != (APIFault{}) {
+		s.faulted.Add(1)
+		s.serveFault(w, r, fault)
+		return
+	}
 	if !ok {
 		writeJSON(w, http.StatusNotFound, []byte(`{"detail":"Not Found"}`))
 		return
 	}
 	writeJSON(w, http.StatusOK, result)
+}
+
+// serveFault answers a GET during an outage, as OptiPick's API gateway
+// would (the bodies are API Gateway's).
+func (s *Simulator) serveFault(w http.ResponseWriter, r *http.Request, fault APIFault) {
+	switch {
+	case fault.Hang:
+		timer := time.NewTimer(maxHang)
+		defer timer.Stop()
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.ctx.Done():
+		case <-timer.C:
+		}
+		writeJSON(w, http.StatusGatewayTimeout, []byte(`{"message":"Endpoint request timed out"}`))
+	case fault.Status == http.StatusTooManyRequests:
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, fault.Status, []byte(`{"message":"Too Many Requests"}`))
+	case fault.Status == http.StatusServiceUnavailable:
+		writeJSON(w, fault.Status, []byte(`{"message":"Service Unavailable"}`))
+	default:
+		writeJSON(w, fault.Status, []byte(`{"message":"Internal server error"}`))
+	}
 }
 
 func (s *Simulator) store(kind, requestID string, result []byte) {
@@ -285,8 +430,12 @@ func (s *Simulator) deliver(kind, requestID string) {
 	}
 	_, msgID := s.newID()
 	body := []byte(`{"request_id":"` + requestID + `"}`)
+	s.mu.Lock()
+	s.messages[msgID] = message{kind: kind, requestID: requestID, url: receiver.URL, body: body}
+	s.msgIDs[kind+"/"+requestID] = msgID
+	s.mu.Unlock()
 	for number := 1; number <= len(RetrySchedule)+1; number++ {
-		if number > 1 && !s.sleep(time.Duration(float64(RetrySchedule[number-2])*s.cfg.TimeScale)) {
+		if number > 1 && !s.sleep(s.retryDelay(number-1)) {
 			return
 		}
 		attempt := s.attempt(receiver.URL, s.signer[kind], msgID, body)
@@ -294,34 +443,63 @@ func (s *Simulator) deliver(kind, requestID string) {
 		s.mu.Lock()
 		s.attempts = append(s.attempts, attempt)
 		s.mu.Unlock()
-		attrs := []any{"kind", kind, "request_id", requestID, "svix_id", msgID, "attempt", number,
-			"status", attempt.Status, "latency", attempt.Latency.Round(time.Microsecond).String()}
-		if attempt.Err != "" {
-			attrs = append(attrs, "err", attempt.Err)
-		}
-		s.log.Info("delivery attempt", attrs...)
+		s.logAttempt("delivery attempt", attempt)
 		switch {
 		case attempt.Succeeded():
 			return
 		case attempt.Aborted:
 			s.log.Warn("receiver asked not to retry (abort-message)", "svix_id", msgID)
 			return
+		case number <= len(RetrySchedule):
+			next := s.retryDelay(number)
+			shown := next
+			if shown > time.Millisecond {
+				shown = shown.Round(time.Millisecond)
+			}
+			s.log.Info("next attempt in "+shown.String(), "kind", kind, "request_id", requestID, "svix_id", msgID,
+				"attempt", number+1, "at", time.Now().Add(next).Format(time.TimeOnly))
 		}
 	}
 	s.log.Warn("delivery failed after every retry", "kind", kind, "request_id", requestID, "svix_id", msgID)
+}
+
+// retryDelay is the scaled wait after the failed attempt number n (from 1).
+func (s *Simulator) retryDelay(n int) time.Duration {
+	return ScaledRetrySchedule(s.cfg.TimeScale)[n-1]
+}
+
+// ScaledRetrySchedule is RetrySchedule multiplied by scale.
+func ScaledRetrySchedule(scale float64) []time.Duration {
+	out := make([]time.Duration, len(RetrySchedule))
+	for i, d := range RetrySchedule {
+		out[i] = time.Duration(float64(d) * scale)
+	}
+	return out
+}
+
+func (s *Simulator) logAttempt(msg string, a Attempt) {
+	attrs := []any{"kind", a.Kind, "request_id", a.RequestID, "svix_id", a.MsgID}
+	if !a.Resend {
+		attrs = append(attrs, "attempt", a.Number)
+	}
+	attrs = append(attrs, "status", a.Status, "latency", a.Latency.Round(time.Microsecond).String())
+	if a.Err != "" {
+		attrs = append(attrs, "err", a.Err)
+	}
+	s.log.Info(msg, attrs...)
 }
 
 func (s *Simulator) attempt(url string, signer *svix.Webhook, msgID string, body []byte) Attempt {
 	now := time.Now()
 	signature, err := signer.Sign(msgID, now, body)
 	if err != nil {
-		return Attempt{MsgID: msgID, Err: err.Error()}
+		return Attempt{MsgID: msgID, At: now, Err: err.Error()}
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, deliveryTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return Attempt{MsgID: msgID, Err: err.Error()}
+		return Attempt{MsgID: msgID, At: now, Err: err.Error()}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "optipick-sim (Svix-style delivery)")
@@ -331,11 +509,11 @@ func (s *Simulator) attempt(url string, signer *svix.Webhook, msgID string, body
 	resp, err := s.client.Do(req)
 	latency := time.Since(now)
 	if err != nil {
-		return Attempt{MsgID: msgID, Err: err.Error(), Latency: latency}
+		return Attempt{MsgID: msgID, At: now, Err: err.Error(), Latency: latency}
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	return Attempt{MsgID: msgID, Status: resp.StatusCode, Latency: latency,
+	return Attempt{MsgID: msgID, At: now, Status: resp.StatusCode, Latency: latency,
 		Aborted: resp.Header.Get("webhook-delivery") == "abort-message"}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -318,4 +319,180 @@ func TestNewRequiresAKeyAndSecrets(t *testing.T) {
 	if _, err := New(Config{APIKey: "k", Route: Receiver{URL: "http://127.0.0.1:1/webhook/route"}}); err == nil {
 		t.Error("a receiver without a secret accepted")
 	}
+}
+
+func TestAPIFaultsFailGETsUntilCleared(t *testing.T) {
+	sim, server := newTestSim(t, Config{})
+	_, result := call(t, "POST", server.URL+"/optimize/cluster", testKey, ExampleRequest())
+	url := server.URL + "/optimize/cluster/" + result["request_id"].(string)
+	for _, tc := range []struct {
+		fault   string
+		status  int
+		message string
+	}{{"500", 500, "Internal server error"}, {"503", 503, "Service Unavailable"}, {"429", 429, "Too Many Requests"}} {
+		fault, err := ParseAPIFault(tc.fault)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sim.SetAPIFault(fault); err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("X-API-KEY", testKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		status, body := call(t, "GET", url, testKey, nil)
+		if status != tc.status || body["message"] != tc.message {
+			t.Errorf("fault %s: %d %v, want %d %q", tc.fault, status, body, tc.status, tc.message)
+		}
+		if tc.status == 429 && resp.Header.Get("Retry-After") != "1" {
+			t.Errorf("429 without Retry-After: 1")
+		}
+		// Submitting still works during an outage.
+		if status, _ := call(t, "POST", server.URL+"/optimize/route", testKey, ExampleRequest()); status != http.StatusOK {
+			t.Errorf("fault %s: POST answered %d", tc.fault, status)
+		}
+	}
+	if got := sim.FaultedGETs(); got != 6 {
+		t.Errorf("FaultedGETs = %d, want 6", got)
+	}
+	sim.SetAPIFault(APIFault{})
+	if status, body := call(t, "GET", url, testKey, nil); status != http.StatusOK || body["request_id"] != result["request_id"] {
+		t.Errorf("after the outage: %d %v", status, body)
+	}
+}
+
+func TestAPIFaultHangsUntilTheClientGivesUp(t *testing.T) {
+	sim, server := newTestSim(t, Config{APIFault: APIFault{Hang: true}})
+	client := &http.Client{Timeout: 200 * time.Millisecond}
+	req, _ := http.NewRequest("GET", server.URL+"/optimize/cluster/abc", nil)
+	req.Header.Set("X-API-KEY", testKey)
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a hung GET answered %s", resp.Status)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > 5*time.Second {
+		t.Errorf("gave up after %v", took)
+	}
+	if sim.FaultedGETs() != 1 {
+		t.Errorf("FaultedGETs = %d, want 1", sim.FaultedGETs())
+	}
+}
+
+func TestParseAPIFault(t *testing.T) {
+	for _, s := range []string{"500", "503", "429", "hang", "none"} {
+		f, err := ParseAPIFault(s)
+		if err != nil || f.String() != s {
+			t.Errorf("ParseAPIFault(%q) = %v, %v", s, f, err)
+		}
+	}
+	for _, s := range []string{"404", "200", "slow"} {
+		if _, err := ParseAPIFault(s); err == nil {
+			t.Errorf("ParseAPIFault(%q) accepted", s)
+		}
+	}
+	if _, err := New(Config{APIKey: "k", APIFault: APIFault{Status: 404}}); err == nil {
+		t.Error("New accepted a 404 fault")
+	}
+}
+
+func TestResendKeepsTheMessageIDAndIsNotRetried(t *testing.T) {
+	stub := &stubReceiver{answers: []int{200, 500}}
+	sim, requestID := deliverOnce(t, stub, 1e-6)
+	if sim.Pending() != 0 {
+		t.Errorf("Pending = %d after the delivery, want 0", sim.Pending())
+	}
+	msgID, ok := sim.MessageID("cluster", requestID)
+	if !ok {
+		t.Fatal("no message id for a delivered optimization")
+	}
+	attempt, err := sim.Resend(msgID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !attempt.Resend || attempt.Status != 500 || attempt.RequestID != requestID || attempt.MsgID != msgID {
+		t.Errorf("resend attempt %+v", attempt)
+	}
+	time.Sleep(20 * time.Millisecond) // a retry of the failed resend would show by now (scale 1e-6)
+	if got := stub.count(); got != 2 {
+		t.Fatalf("receiver got %d deliveries, want 2 (a failed resend is not retried)", got)
+	}
+	if stub.received[1].Header.Get("svix-id") != msgID || !bytes.Equal(stub.bodies[0], stub.bodies[1]) {
+		t.Errorf("resend has svix-id %q and body %s", stub.received[1].Header.Get("svix-id"), stub.bodies[1])
+	}
+	wh, _ := svix.NewWebhook(testSecret)
+	if err := wh.Verify(stub.bodies[1], stub.received[1].Header); err != nil {
+		t.Errorf("resend does not verify: %v", err)
+	}
+	if _, err := sim.Resend("msg_unknown"); err == nil {
+		t.Error("resending an unknown message succeeded")
+	}
+}
+
+func TestPendingCountsUndeliveredMessages(t *testing.T) {
+	release := make(chan struct{})
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+	}))
+	t.Cleanup(receiver.Close)
+	sim, server := newTestSim(t, Config{Cluster: Receiver{URL: receiver.URL, Secret: testSecret}})
+	for range 3 {
+		call(t, "POST", server.URL+"/optimize/cluster?synchronous=false", testKey, ExampleRequest())
+	}
+	call(t, "POST", server.URL+"/optimize/cluster", testKey, ExampleRequest()) // synchronous: nothing to deliver
+	if got := sim.Pending(); got != 3 {
+		t.Errorf("Pending = %d with 3 deliveries held, want 3", got)
+	}
+	close(release)
+	deadline := time.Now().Add(5 * time.Second)
+	for sim.Pending() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := sim.Pending(); got != 0 {
+		t.Errorf("Pending = %d once delivered, want 0", got)
+	}
+}
+
+func TestAFailedAttemptLogsWhenTheNextOneIs(t *testing.T) {
+	var logs syncLog
+	stub := &stubReceiver{answers: []int{500, 200}}
+	receiver := httptest.NewServer(stub)
+	t.Cleanup(receiver.Close)
+	_, server := newTestSim(t, Config{
+		Cluster:   Receiver{URL: receiver.URL + "/webhook/cluster", Secret: testSecret},
+		TimeScale: 0.0001, // 5 s → 0.5 ms
+		Logger:    slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	call(t, "POST", server.URL+"/optimize/cluster?synchronous=false", testKey, ExampleRequest())
+	for deadline := time.Now().Add(5 * time.Second); stub.count() < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if stub.count() != 2 {
+		t.Fatalf("receiver got %d attempts, want 2", stub.count())
+	}
+	if out := logs.String(); !strings.Contains(out, `msg="next attempt in 500µs"`) || !strings.Contains(out, "attempt=2") {
+		t.Errorf("no next-attempt line after the 500:\n%s", out)
+	}
+}
+
+type syncLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
