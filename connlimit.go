@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"sync"
@@ -9,32 +10,36 @@ import (
 
 // connLimitListener admits at most max connections at once, so that no
 // client can hold more sockets, goroutines and buffers than that. When all
-// are taken, it sheds the connection that has waited longest without a
-// request in progress (idle keep-alive, or still sending its headers), so
-// that a new client, such as Svix with a genuine delivery, gets through.
-// When every connection is serving a request, the new one waits, in the
-// kernel's accept queue, until one ends: the server's timeouts bound how
-// long. Set the server's ConnState to trackState.
+// are taken, it closes the oldest connection that is not serving a verified
+// delivery (one that is idle, still sending its request, or sending one
+// that has not proved genuine), so that a new client, such as Svix with a
+// genuine delivery, gets in at once however many connections an attacker
+// holds or renews. Only when every connection serves a verified delivery
+// does a newcomer wait, in the kernel's accept queue, for one to end.
+//
+// Wire it with the server's ConnState (trackState) and ConnContext
+// (connContext); the handler reports verified requests through the
+// verifiedHookKey it finds in the request's context.
 type connLimitListener struct {
 	net.Listener
 	slots  chan struct{} // one per admitted connection
 	closed chan struct{}
 
 	mu        sync.Mutex
-	quiet     map[*limitedConn]time.Time // admitted, no request in progress, since
+	sheddable map[*limitedConn]struct{} // admitted, not serving a verified delivery
 	closeOnce sync.Once
 }
 
-// shedAfter spares connections that have only just gone quiet: a genuine
-// client sends its request within milliseconds of connecting.
-const shedAfter = time.Second
+// shedAfter spares a connection that has only just been accepted: a
+// genuine client sends its request within milliseconds.
+const shedAfter = 100 * time.Millisecond
 
 func newConnLimitListener(l net.Listener, max int) *connLimitListener {
 	return &connLimitListener{
-		Listener: l,
-		slots:    make(chan struct{}, max),
-		closed:   make(chan struct{}),
-		quiet:    make(map[*limitedConn]time.Time),
+		Listener:  l,
+		slots:     make(chan struct{}, max),
+		closed:    make(chan struct{}),
+		sheddable: make(map[*limitedConn]struct{}),
 	}
 }
 
@@ -46,20 +51,16 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 	for {
 		select {
 		case l.slots <- struct{}{}:
-			lc := &limitedConn{Conn: c, l: l}
-			l.setQuiet(lc, true)
-			return lc, nil
+			return l.admit(c), nil
 		default:
 		}
-		if l.shedOldestQuiet() {
+		if l.shedOldest() {
 			continue
 		}
 		select {
 		case l.slots <- struct{}{}:
-			lc := &limitedConn{Conn: c, l: l}
-			l.setQuiet(lc, true)
-			return lc, nil
-		case <-time.After(100 * time.Millisecond): // look for a connection to shed again
+			return l.admit(c), nil
+		case <-time.After(shedAfter): // look for a connection to shed again
 		case <-l.closed:
 			c.Close()
 			return nil, net.ErrClosed
@@ -67,42 +68,56 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 	}
 }
 
+func (l *connLimitListener) admit(c net.Conn) *limitedConn {
+	lc := &limitedConn{Conn: c, l: l, accepted: time.Now()}
+	l.setSheddable(lc, true)
+	return lc
+}
+
 func (l *connLimitListener) Close() error {
 	l.closeOnce.Do(func() { close(l.closed) })
 	return l.Listener.Close()
 }
 
-// trackState is the http.Server's ConnState hook: it tells which
-// connections are quiet and may be shed.
+// trackState is the http.Server's ConnState hook: a connection becomes
+// sheddable again whenever a request ends or a new one starts.
 func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 	if lc, ok := c.(*limitedConn); ok {
-		l.setQuiet(lc, state == http.StateNew || state == http.StateIdle)
+		l.setSheddable(lc, state == http.StateNew || state == http.StateIdle || state == http.StateActive)
 	}
 }
 
-func (l *connLimitListener) setQuiet(c *limitedConn, quiet bool) {
+// connContext is the http.Server's ConnContext hook: it gives each request
+// the func that protects its connection once the request is verified.
+func (l *connLimitListener) connContext(ctx context.Context, c net.Conn) context.Context {
+	if lc, ok := c.(*limitedConn); ok {
+		return context.WithValue(ctx, verifiedHookKey{}, func() { l.setSheddable(lc, false) })
+	}
+	return ctx
+}
+
+func (l *connLimitListener) setSheddable(c *limitedConn, sheddable bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if quiet && !c.released {
-		l.quiet[c] = time.Now()
+	if sheddable && !c.released {
+		l.sheddable[c] = struct{}{}
 	} else {
-		delete(l.quiet, c)
+		delete(l.sheddable, c)
 	}
 }
 
-// shedOldestQuiet closes the connection that has been quiet longest, if it
-// has been quiet for at least shedAfter, and reports whether it did.
-func (l *connLimitListener) shedOldestQuiet() bool {
+// shedOldest closes the oldest sheddable connection accepted at least
+// shedAfter ago, and reports whether there was one.
+func (l *connLimitListener) shedOldest() bool {
 	l.mu.Lock()
 	var oldest *limitedConn
-	var since time.Time
-	for c, at := range l.quiet {
-		if oldest == nil || at.Before(since) {
-			oldest, since = c, at
+	for c := range l.sheddable {
+		if oldest == nil || c.accepted.Before(oldest.accepted) {
+			oldest = c
 		}
 	}
 	l.mu.Unlock()
-	if oldest == nil || time.Since(since) < shedAfter {
+	if oldest == nil || time.Since(oldest.accepted) < shedAfter {
 		return false
 	}
 	oldest.Close()
@@ -114,6 +129,7 @@ func (l *connLimitListener) shedOldestQuiet() bool {
 type limitedConn struct {
 	net.Conn
 	l        *connLimitListener
+	accepted time.Time
 	released bool // guarded by l.mu
 }
 
@@ -122,7 +138,7 @@ func (c *limitedConn) Close() error {
 	c.l.mu.Lock()
 	release := !c.released
 	c.released = true
-	delete(c.l.quiet, c)
+	delete(c.l.sheddable, c)
 	c.l.mu.Unlock()
 	if release {
 		<-c.l.slots

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -35,6 +36,7 @@ func limitedServer(t *testing.T, max int, handler http.Handler) (addr string, pe
 		}
 		listener.trackState(c, state)
 	}
+	srv.ConnContext = listener.connContext
 	go srv.Serve(listener)
 	t.Cleanup(func() { srv.Close() })
 	return tcp.Addr().String(), peak
@@ -93,59 +95,87 @@ func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
 	}
 }
 
-// TestBusyConnectionsAreNotShed: when every slot serves a request, a new
-// client waits for one to end instead of cutting a request short.
-func TestBusyConnectionsAreNotShed(t *testing.T) {
-	const max = 2
-	release := make(chan struct{})
-	var started sync.WaitGroup
-	started.Add(max)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
-		started.Done()
-		<-release
-		io.WriteString(w, "done")
-	})
-	mux.HandleFunc("GET /fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
-	addr, peak := limitedServer(t, max, mux)
+// TestVerifiedDeliveriesAreNeverShed: when every slot serves a verified
+// delivery, a new client waits for one to end instead of cutting it short;
+// a connection busy with a request that has not proved genuine (a slow
+// body, say) is shed for the newcomer.
+func TestVerifiedDeliveriesAreNeverShed(t *testing.T) {
+	for _, verified := range []bool{true, false} {
+		t.Run(fmt.Sprintf("verified=%v", verified), func(t *testing.T) {
+			const max = 2
+			release := make(chan struct{})
+			var started sync.WaitGroup
+			started.Add(max)
+			mux := http.NewServeMux()
+			mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+				if protect, ok := r.Context().Value(verifiedHookKey{}).(func()); ok && verified {
+					protect() // as the webhook handler does once the signature holds
+				}
+				started.Done()
+				select {
+				case <-release:
+				case <-r.Context().Done(): // shed
+				}
+				io.WriteString(w, "done")
+			})
+			mux.HandleFunc("GET /fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
+			addr, peak := limitedServer(t, max, mux)
 
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
-	slow := make(chan int, max)
-	for range max {
-		go func() {
-			resp, err := client.Get("http://" + addr + "/slow")
-			if err != nil {
-				slow <- 0
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+			slow := make(chan int, max)
+			for range max {
+				go func() {
+					resp, err := client.Get("http://" + addr + "/slow")
+					if err != nil {
+						slow <- 0
+						return
+					}
+					resp.Body.Close()
+					slow <- resp.StatusCode
+				}()
+			}
+			started.Wait()
+			fast := make(chan error, 1)
+			go func() {
+				resp, err := client.Get("http://" + addr + "/fast")
+				if err == nil {
+					resp.Body.Close()
+				}
+				fast <- err
+			}()
+			if !verified {
+				if err := <-fast; err != nil {
+					t.Fatalf("newcomer while unverified requests held every slot: %v", err)
+				}
+				close(release)
+				cut := 0
+				for range max {
+					if <-slow != http.StatusOK {
+						cut++
+					}
+				}
+				if cut != 1 {
+					t.Errorf("%d unverified requests were cut for one newcomer, want 1", cut)
+				}
 				return
 			}
-			resp.Body.Close()
-			slow <- resp.StatusCode
-		}()
-	}
-	started.Wait()
-	fast := make(chan error, 1)
-	go func() {
-		resp, err := client.Get("http://" + addr + "/fast")
-		if err == nil {
-			resp.Body.Close()
-		}
-		fast <- err
-	}()
-	select {
-	case err := <-fast:
-		t.Fatalf("a new client was served while every slot was busy (%v)", err)
-	case <-time.After(shedAfter + 300*time.Millisecond):
-	}
-	close(release)
-	for range max {
-		if code := <-slow; code != http.StatusOK {
-			t.Errorf("a busy request got %d, want 200: it was cut", code)
-		}
-	}
-	if err := <-fast; err != nil {
-		t.Errorf("the waiting client, once a slot was free: %v", err)
-	}
-	if p := peak.Load(); p > max {
-		t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+			select {
+			case err := <-fast:
+				t.Fatalf("a new client was served while every slot served a verified delivery (%v)", err)
+			case <-time.After(shedAfter + 300*time.Millisecond):
+			}
+			close(release)
+			for range max {
+				if code := <-slow; code != http.StatusOK {
+					t.Errorf("a verified delivery got %d, want 200: it was cut", code)
+				}
+			}
+			if err := <-fast; err != nil {
+				t.Errorf("the waiting client, once a slot was free: %v", err)
+			}
+			if p := peak.Load(); p > max {
+				t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+			}
+		})
 	}
 }

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -37,25 +40,48 @@ func newDedupe(window time.Duration, capacity int) *dedupe {
 
 // do runs work for key, unless key was handled within the window, or
 // another do for key is running: then it waits for that one and shares its
-// outcome. alreadyHandled reports that this call did not run work itself
-// and the work succeeded. work runs with the context of the call that runs
-// it, whose deadline bounds the wait of the others.
+// outcome, or gives up when its own ctx ends. alreadyHandled reports that
+// this call did not run work itself and the work succeeded.
+//
+// work runs once for all the callers: with the first caller's deadline, but
+// not cancelled when that caller goes away, since the others wait for it.
+// A panic in work is returned as an error, not re-raised.
 func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) error) (alreadyHandled bool, err error) {
-	ran := false
-	_, err, _ = d.inflight.Do(key, func() (any, error) {
+	var ran atomic.Bool
+	results := d.inflight.DoChan(key, func() (_ any, err error) {
 		// Checked inside the flight: one that just ended has remembered.
 		if d.handledRecently(key) {
 			return nil, nil
 		}
-		ran = true
-		if err := work(ctx); err != nil {
+		ran.Store(true)
+		// DoChan re-panics in a goroutine of its own, which would end the
+		// process: turn a panic into this delivery's error instead.
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("%w: %v", errWorkPanicked, p)
+			}
+		}()
+		workCtx := context.WithoutCancel(ctx)
+		if deadline, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			workCtx, cancel = context.WithDeadline(workCtx, deadline)
+			defer cancel()
+		}
+		if err := work(workCtx); err != nil {
 			return nil, err
 		}
 		d.remember(key, time.Now())
 		return nil, nil
 	})
-	return !ran && err == nil, err
+	select {
+	case r := <-results:
+		return !ran.Load() && r.Err == nil, r.Err
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
 }
+
+var errWorkPanicked = errors.New("handling the delivery panicked")
 
 // Len is how many handled deliveries are remembered.
 func (d *dedupe) Len() int {

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -305,7 +306,8 @@ func TestHostileInput(t *testing.T) {
 		{"id of 5000 chars", signed(`{"request_id":"` + strings.Repeat("a", 5000) + `"}`), 400, ""},
 		{"id with a NUL", signed(`{"request_id":"a\u0000b"}`), 400, ""},
 		{"invalid UTF-8", signed("{\"request_id\":\"\xff\xfe\"}"), 400, ""},
-		{"duplicate keys: the last wins", signed(`{"request_id":"first","request_id":"second"}`), 200, "second"},
+		{"duplicate keys are refused", signed(`{"request_id":"first","request_id":"second"}`), 400, ""},
+		{"names match exactly", signed(`{"REQUEST_ID":"first"}`), 400, ""},
 		{"deeply nested JSON", signed(nested), 400, ""},
 		{"deeply nested beside a valid id", signed(`{"request_id":"ok1","x":` + nested + `}`), 400, ""},
 		{"unsigned valid body", func() *http.Request {
@@ -426,4 +428,77 @@ func TestSlowlorisIsCutOff(t *testing.T) {
 	if limit := srv.ReadHeaderTimeout + 5*time.Second; cutAfter > limit {
 		t.Errorf("slow client held its connection for %v; ReadHeaderTimeout is %v", cutAfter, srv.ReadHeaderTimeout)
 	}
+}
+
+// statusError is a processor's error that names an HTTP status.
+type statusError int
+
+func (e statusError) Error() string   { return fmt.Sprintf("store said %d", int(e)) }
+func (e statusError) HTTPStatus() int { return int(e) }
+
+// TestAFailedProcessorIsNeverAcknowledged: whatever status a processor's
+// error names, the delivery is answered 5xx, so that Svix retries it, and
+// not remembered.
+func TestAFailedProcessorIsNeverAcknowledged(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{errors.New("database down"), http.StatusBadGateway},
+		{statusError(http.StatusServiceUnavailable), http.StatusServiceUnavailable},
+		{statusError(http.StatusOK), http.StatusBadGateway},
+		{statusError(http.StatusConflict), http.StatusBadGateway},
+		{statusError(0), http.StatusBadGateway},
+	} {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			rig.process = func(context.Context, delivery, *optimization) error { return tc.err }
+			body := requestBody(testRequestID)
+			if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_store", time.Now())); resp.Code != tc.want {
+				t.Fatalf("status %d, want %d", resp.Code, tc.want)
+			}
+			rig.process = func(context.Context, delivery, *optimization) error { return nil }
+			if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_store", time.Now())); resp.Body.String() != "fetched\n" {
+				t.Fatalf("Svix's retry: %d %q, want it processed again", resp.Code, resp.Body)
+			}
+		})
+	}
+}
+
+// TestAWaitingDuplicateLeavesAtItsOwnDeadline: a duplicate waiting for the
+// first delivery's work answers 5xx when its own deadline passes, and the
+// work, which the first delivery's caller left, still ends and is shared.
+func TestAWaitingDuplicateLeavesAtItsOwnDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDedupe(time.Hour, 10)
+		release := make(chan struct{})
+		firstCtx, leave := context.WithCancel(t.Context())
+		first := make(chan error, 1)
+		go func() {
+			_, err := d.do(firstCtx, "k", func(ctx context.Context) error {
+				select {
+				case <-release:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			})
+			first <- err
+		}()
+		synctest.Wait()
+		waiterCtx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		if already, err := d.do(waiterCtx, "k", func(context.Context) error { return nil }); already || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("waiter: already=%v err=%v, want its own deadline", already, err)
+		}
+		leave() // the first caller goes away: the work is not cancelled with it
+		if err := <-first; !errors.Is(err, context.Canceled) {
+			t.Fatalf("first caller: %v, want its own cancellation", err)
+		}
+		close(release)
+		synctest.Wait()
+		if already, err := d.do(t.Context(), "k", func(context.Context) error { t.Error("ran again"); return nil }); !already || err != nil {
+			t.Errorf("after the work ended: already=%v err=%v, want it remembered", already, err)
+		}
+	})
 }

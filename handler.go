@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	svix "github.com/svix/svix-webhooks/go"
 )
 
@@ -121,7 +122,10 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), deliveryDeadline)
 		defer cancel()
-		ended := m.started(k)
+		// Set as the delivery goes; a panic (net/http recovers it) counts
+		// as a failed processing.
+		o := outcomeProcessFailed
+		defer func(ended func(outcome)) { ended(o) }(m.started(k))
 
 		d, err := readDelivery(w, r, k, v)
 		if err != nil {
@@ -129,17 +133,23 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 			if !errors.As(err, &rej) {
 				rej = &rejection{status: http.StatusBadRequest, outcome: outcomeUnreadableBody, answer: "bad request", reason: err.Error()}
 			}
-			defer ended(rej.outcome)
+			o = rej.outcome
 			attrs := []any{"kind", k, "svix_id", logSafe(messageID(r.Header)), "status", rej.status, "reason", rej.reason}
 			if rej.abort {
-				// Genuine but unusable: retrying cannot fix it, so ask Svix to stop.
+				// Genuine but unusable: retrying cannot fix it, so ask Svix
+				// to stop. An error: if OptiPick changed its body, every
+				// event would end here.
 				w.Header().Set("webhook-delivery", "abort-message")
-				logger.Warn("rejected signed delivery; asked Svix not to retry", attrs...)
+				logger.Error("rejected signed delivery; asked Svix not to retry", attrs...)
 			} else {
 				rejected.warn("rejected delivery", attrs...)
 			}
 			http.Error(w, rej.answer, rej.status)
 			return
+		}
+		// Genuine: the connection limiter must not shed this connection.
+		if protect, ok := r.Context().Value(verifiedHookKey{}).(func()); ok {
+			protect()
 		}
 
 		alreadyHandled, err := seen.do(ctx, string(d.Kind)+"/"+d.MessageID, func(ctx context.Context) error {
@@ -154,13 +164,13 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 		})
 		switch {
 		case err == nil && alreadyHandled:
-			defer ended(outcomeDuplicate)
+			o = outcomeDuplicate
 		case err == nil:
-			defer ended(outcomeProcessed)
+			o = outcomeProcessed
 		case errors.As(err, new(*processError)):
-			defer ended(outcomeProcessFailed)
+			o = outcomeProcessFailed
 		default:
-			defer ended(outcomeFetchFailed)
+			o = outcomeFetchFailed
 		}
 		if err != nil {
 			status := statusFor(err)
@@ -177,6 +187,11 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 		io.WriteString(w, "fetched\n")
 	})
 }
+
+// verifiedHookKey is where the server may put, in a request's context, a
+// func to call once the request has proved to be a genuine delivery: the
+// connection limiter never sheds a connection that carries one.
+type verifiedHookKey struct{}
 
 // processError is a processFunc's error, told apart from a failed fetch.
 type processError struct{ err error }
@@ -222,7 +237,8 @@ func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (d
 	var payload struct {
 		RequestID string `json:"request_id"`
 	}
-	if err := json.Unmarshal(body, &payload); err != nil || !validRequestID(payload.RequestID) {
+	// encoding/json/v2 semantics: names match exactly, a duplicate is an error.
+	if err := jsonv2.Unmarshal(body, &payload); err != nil || !validRequestID(payload.RequestID) {
 		return delivery{}, &rejection{status: http.StatusBadRequest, outcome: outcomeBadRequest, abort: true,
 			answer: "body must be JSON with a request_id of 1 to 128 letters, digits, _ or -",
 			reason: fmt.Sprintf("body (%d bytes) is not JSON with a valid request_id", len(body))}
@@ -246,12 +262,13 @@ func validRequestID(id string) bool {
 }
 
 // statusFor maps a failed fetch or processing to the 5xx that makes Svix
-// retry: the error's own HTTPStatus() where it has one (the API client's
-// errors do, and a processor's may), 504 for a passed deadline, else 502.
+// retry: the error's own HTTPStatus() where it has one and it is a 5xx (the
+// API client's errors do, and a processor's may), 504 for a passed
+// deadline, else 502. Never a 2xx: that would acknowledge a failure.
 func statusFor(err error) int {
 	var withStatus interface{ HTTPStatus() int }
 	switch {
-	case errors.As(err, &withStatus):
+	case errors.As(err, &withStatus) && withStatus.HTTPStatus() >= 500 && withStatus.HTTPStatus() <= 599:
 		return withStatus.HTTPStatus()
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout

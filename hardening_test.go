@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"io"
 	"log/slog"
@@ -285,6 +286,98 @@ func TestUnverifiedHeadersReachTheLogsEscaped(t *testing.T) {
 				if r != '\n' && (!unicode.IsPrint(r) || r == unicode.ReplacementChar) {
 					t.Fatalf("log holds %U:\n%q", r, logs)
 				}
+			}
+		})
+	}
+}
+
+// TestAnAPIEchoingTheKeyNeverPutsItInTheLogs: whatever part of its answer
+// the API (or a proxy) fills with the key, the logs show "[API key]".
+func TestAnAPIEchoingTheKeyNeverPutsItInTheLogs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer string // %[1]s is the key, %[2]s the request_id
+	}{
+		{"as the request_id", `{"request_id":%[1]q}`},
+		{"in a name of a broken result", `{"request_id":%[2]q,%[1]q:tru}`},
+		{"in the site and the error of a result", `{"request_id":%[2]q,"site_name":"site of %[1]s","error":"no key %[1]s"}`},
+		{"in a string too long to read", `{"request_id":%[2]q,"x":"%[1]s` + strings.Repeat("k", maxTokenBytes) + `"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, tc.answer, r.Header.Get("X-API-KEY"), testRequestID)
+			}
+			rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+			// assertNoSecrets runs at cleanup; this shows the key was there to leak.
+			if logs := rig.logs.String(); !strings.Contains(logs, "[API key]") {
+				t.Errorf("log lacks the redacted key:\n%s", logs)
+			}
+		})
+	}
+}
+
+// TestAPasswordInTheAPIURLNeverReachesTheLogs: OPTIPICK_API_URL may hold
+// credentials; errors that name the URL show them redacted.
+func TestAPasswordInTheAPIURLNeverReachesTheLogs(t *testing.T) {
+	api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }}
+	server := httptest.NewServer(api)
+	defer server.Close()
+	rig := newRigWith(t, api, strings.Replace(server.URL, "http://", "http://user:pa55word@", 1), nil, []string{testSecret})
+	if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusBadGateway {
+		t.Fatalf("status %d, want 502", resp.Code)
+	}
+	if logs := rig.logs.String(); strings.Contains(logs, "pa55word") || !strings.Contains(logs, "user:xxxxx@") {
+		t.Errorf("log shows the password, or no redacted URL:\n%s", logs)
+	}
+}
+
+// TestHugeTokensAreRefusedNotHeld: a result that is one enormous string
+// (the decoder would hold it whole), plain or compressed 1,000 to 1, is a
+// failed fetch that costs a small fraction of its size.
+func TestHugeTokensAreRefusedNotHeld(t *testing.T) {
+	const size = 30 << 20
+	var compressed bytes.Buffer
+	zw := gzip.NewWriter(&compressed)
+	fmt.Fprintf(zw, `{"request_id":%q,"site_name":"`, testRequestID)
+	zw.Write(bytes.Repeat([]byte("a"), size))
+	io.WriteString(zw, `"}`)
+	zw.Close()
+	for _, gzipped := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gzip=%v", gzipped), func(t *testing.T) {
+			api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
+				if gzipped {
+					w.Header().Set("Content-Encoding", "gzip")
+					w.Write(compressed.Bytes())
+					return
+				}
+				fmt.Fprintf(w, `{"request_id":%q,"site_name":"`, testRequestID)
+				io.Copy(w, io.LimitReader(zeros{}, size))
+				io.WriteString(w, `"}`)
+			}}
+			server := httptest.NewServer(api)
+			defer server.Close()
+			rig := buildRig(t, rigConfig{api: api, apiURL: server.URL, secrets: []string{testSecret}, level: slog.LevelInfo, format: "text"})
+			const deliveries = 4
+			codes := make([]int, deliveries)
+			var wg sync.WaitGroup
+			allocated := bytesAllocated(func() {
+				for i := range deliveries {
+					req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+					wg.Go(func() { codes[i] = rig.deliver(req).Code })
+				}
+				wg.Wait()
+			})
+			for i, code := range codes {
+				if code != http.StatusBadGateway {
+					t.Errorf("delivery %d: status %d, want 502", i, code)
+				}
+			}
+			if !strings.Contains(rig.logs.String(), "a JSON token over") {
+				t.Errorf("log does not say why:\n%.1000s", rig.logs)
+			}
+			if allocated > 16<<20 {
+				t.Errorf("%d results of one %d MiB string allocated %d MiB", deliveries, size>>20, allocated>>20)
 			}
 		})
 	}

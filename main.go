@@ -51,6 +51,11 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal, a second one ends the process at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 
 	// Real environment variables win: Load never overrides a set variable.
 	// Its errors quote the file's contents, secrets included, so say less.
@@ -132,7 +137,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("PORT: cannot listen: %w", err)
 	}
 	listener := newConnLimitListener(tcp, maxConnections)
-	srv.ConnState = listener.trackState
+	srv.ConnState, srv.ConnContext = listener.trackState, listener.connContext
 	servers := []*http.Server{srv}
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(listener) }()
@@ -177,6 +182,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The webhook server first, then metrics: the last scrape sees the drain.
 	for _, s := range servers {
 		if err := s.Shutdown(shutdownCtx); err != nil {
+			for _, s := range servers {
+				s.Close()
+			}
 			return fmt.Errorf("shutdown: %w", err)
 		}
 	}
@@ -289,7 +297,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 		cfg.port = defaultPort
 	}
 	// 0 asks the system for a free port; the "listening" log line tells which.
-	if n, err := strconv.ParseUint(cfg.port, 10, 16); err != nil || n > 65535 {
+	if _, err := strconv.ParseUint(cfg.port, 10, 16); err != nil {
 		return config{}, errors.New("PORT: must be a port number from 0 to 65535")
 	}
 

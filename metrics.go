@@ -84,8 +84,10 @@ func (m *serviceMetrics) started(k kind) (ended func(outcome)) {
 	start := time.Now()
 	return func(o outcome) {
 		m.inFlight.Add(-1)
-		m.deliveries[k][o].Inc()
-		m.durations[o].UpdateDuration(start)
+		if c := m.deliveries[k][o]; c != nil { // a kind or outcome added without its metric is not counted
+			c.Inc()
+			m.durations[o].UpdateDuration(start)
+		}
 	}
 }
 

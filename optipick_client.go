@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -38,10 +39,16 @@ const (
 	// time for another one within a delivery's deadline.
 	responseHeaderTimeout = 5 * time.Second
 
-	// maxResultBytes caps how much of a result is read. Results with
-	// thousands of picks are a few MiB. A result is streamed, not held: this
-	// bounds the time spent reading one, not the memory.
+	// maxResultBytes caps how much of a result is read (decompressed).
+	// Results with thousands of picks are a few MiB. A result is streamed,
+	// not held: this bounds the time spent reading one.
 	maxResultBytes = 32 << 20
+
+	// maxTokenBytes caps one token of a result (a string, a number, a run
+	// of white space): the decoder holds a whole token in memory, so this
+	// bounds what one result can make it hold, with or without compression.
+	// OptiPick's longest strings are URLs and messages of a few hundred bytes.
+	maxTokenBytes = 64 << 10
 
 	// maxExcerptBytes caps how much of an unexpected answer reaches the logs.
 	maxExcerptBytes = 256
@@ -86,12 +93,15 @@ type optimization struct {
 	// Raw is the whole result as the API sent it, kept only by a client
 	// made with keepRaw (LOG_LEVEL=debug).
 	Raw []byte
+
+	sawRequestID bool // while decoding: a second request_id is an error
 }
 
 // optiPickClient fetches finished optimizations from the OptiPick API.
 type optiPickClient struct {
 	optimizeURL string // {base}/optimize, without a trailing slash
 	apiKey      string
+	urlPassword string // in OPTIPICK_API_URL, if any: redacted like the key
 	keepRaw     bool
 	http        *http.Client
 	slots       chan struct{}   // one per API call in flight
@@ -115,9 +125,11 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 			IdleConnTimeout:       90 * time.Second,
 		}
 	}
+	password, _ := baseURL.User.Password()
 	return &optiPickClient{
 		optimizeURL: baseURL.JoinPath("optimize").String(),
 		apiKey:      apiKey,
+		urlPassword: password,
 		keepRaw:     keepRaw,
 		http: &http.Client{
 			Transport: transport,
@@ -135,7 +147,23 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 // time. Other answers are final: the caller reports them and Svix retries.
 // A 200 counts only when it is this result: a JSON object whose request_id
 // is requestID.
+//
+// Whatever the API sent that reaches a returned error or the result's text
+// fields has the API key (and a password in OPTIPICK_API_URL) redacted:
+// an API, or a proxy in front of it, may echo them.
 func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*optimization, error) {
+	result, err := c.fetchOnce(ctx, k, requestID)
+	if err != nil {
+		return nil, c.redactError(err)
+	}
+	result.SiteName, result.Error = c.redact(result.SiteName), c.redact(result.Error)
+	if result.Raw != nil {
+		result.Raw = []byte(c.redact(string(result.Raw)))
+	}
+	return result, nil
+}
+
+func (c *optiPickClient) fetchOnce(ctx context.Context, k kind, requestID string) (*optimization, error) {
 	target, err := optimizationURL(c.optimizeURL, k, requestID)
 	if err != nil {
 		return nil, err
@@ -145,15 +173,15 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 		if err == nil || attempt == maxAttempts || !retryable(ctx, err) {
 			return result, err
 		}
-		wait := backoff(attempt)
+		wait, asked := backoff(attempt), false
 		var apiErr *apiError
 		if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
-			wait = apiErr.RetryAfter
-			if !fitsBeforeDeadline(ctx, wait) {
-				return nil, fmt.Errorf("%w (%v): %w", errRetryLater, wait, err)
-			}
+			wait, asked = apiErr.RetryAfter, true
 		}
 		if !fitsBeforeDeadline(ctx, wait) {
+			if asked {
+				return nil, fmt.Errorf("%w (%v): %w", errRetryLater, wait, err)
+			}
 			return nil, err
 		}
 		c.metrics.apiRetry()
@@ -216,7 +244,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		seen = io.MultiWriter(&head, raw)
 	}
 	limited := &io.LimitedReader{R: resp.Body, N: maxResultBytes + 1}
-	body := io.TeeReader(limited, seen)
+	body := &tokenGuard{r: io.TeeReader(limited, seen)}
 	result, err := decodeResult(body, requestID)
 	if err != nil {
 		// The decoder stops where the body went wrong: read on far enough
@@ -338,11 +366,12 @@ func fieldNamed(quoted []byte) resultField {
 func (res *optimization) readField(dec *jsontext.Decoder, field resultField) error {
 	switch next := dec.PeekKind(); field {
 	case requestIDField:
+		if res.sawRequestID {
+			return errors.New("request_id given twice")
+		}
+		res.sawRequestID = true
 		if next != '"' {
 			break
-		}
-		if res.RequestID != "" {
-			return errors.New("request_id given twice")
 		}
 		tok, err := dec.ReadToken()
 		res.RequestID = tok.String()
@@ -357,8 +386,14 @@ func (res *optimization) readField(dec *jsontext.Decoder, field resultField) err
 				res.Error = excerptString(strings.TrimSpace(tok.String()), 500)
 			}
 			return err
+		case next == '{' || next == '[':
+			// Not a message: say so, without holding the value.
+			if field == errorField {
+				res.Error = "OptiPick reported an error as a JSON " + map[jsontext.Kind]string{'{': "object", '[': "array"}[next] +
+					" (LOG_LEVEL=debug logs the whole result)"
+			}
 		case next != 'n' && field == errorField:
-			// Neither a message nor null: keep a bounded rendering of it.
+			// A number or boolean: one token, bounded by maxTokenBytes.
 			value, err := dec.ReadValue()
 			res.Error = excerptString(string(value), 500)
 			return err
@@ -414,6 +449,85 @@ func countElements(dec *jsontext.Decoder) (int, error) {
 	_, err := dec.ReadToken() // ]
 	return n, err
 }
+
+// errTokenTooLong: the result holds a token larger than any OptiPick sends.
+var errTokenTooLong = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
+
+// tokenGuard passes a JSON text through, failing once one token (a string,
+// or a run of other bytes between structural characters) outgrows
+// maxTokenBytes: a cheap pass that bounds what the decoder buffers.
+type tokenGuard struct {
+	r        io.Reader
+	inString bool
+	escaped  bool // the previous byte in the string was a backslash
+	run      int  // bytes of the current token so far
+}
+
+func (g *tokenGuard) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	for i := 0; i < n; i++ {
+		c := p[i]
+		switch {
+		case g.inString && g.escaped:
+			g.escaped = false
+			g.run += 2 // the backslash and this byte
+		case g.inString:
+			// Jump to the next quote or backslash.
+			j := bytes.IndexAny(p[i:n], `"\`)
+			if j < 0 {
+				g.run += n - i
+				i = n
+				break
+			}
+			g.run += j
+			i += j
+			if p[i] == '"' {
+				g.inString, g.run = false, 0
+			} else {
+				g.escaped = true
+			}
+		case c == '"':
+			g.inString, g.run = true, 0
+		case c == '{' || c == '}' || c == '[' || c == ']' || c == ',' || c == ':':
+			g.run = 0
+		default: // a number, a literal or white space
+			g.run++
+		}
+		if g.run > maxTokenBytes {
+			return 0, errTokenTooLong
+		}
+	}
+	return n, err
+}
+
+// redact replaces the API key, and a password in OPTIPICK_API_URL, in text
+// that came from the API or names its URL.
+func (c *optiPickClient) redact(text string) string {
+	if c.apiKey != "" {
+		text = strings.ReplaceAll(text, c.apiKey, "[API key]")
+	}
+	if c.urlPassword != "" {
+		text = strings.ReplaceAll(text, c.urlPassword, "xxxxx")
+	}
+	return text
+}
+
+// redactError is err with its message redacted; errors.Is and errors.As
+// see through it.
+func (c *optiPickClient) redactError(err error) error {
+	if msg := c.redact(err.Error()); msg != err.Error() {
+		return &redactedError{msg: msg, err: err}
+	}
+	return err
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // prefixWriter keeps the first max bytes written to it.
 type prefixWriter struct {
@@ -492,9 +606,14 @@ func retryable(ctx context.Context, err error) bool {
 	if errors.As(err, &apiErr) {
 		return apiErr.Status >= 500 || apiErr.Status == http.StatusTooManyRequests
 	}
-	var netErr net.Error
-	var urlErr *url.Error
-	return errors.As(err, &netErr) || errors.As(err, &urlErr)
+	// A certificate the system does not trust will not be trusted on the
+	// next attempt either.
+	var certErr *tls.CertificateVerificationError
+	if errors.As(err, &certErr) {
+		return false
+	}
+	var netErr net.Error // *url.Error, which every transport error is, is one
+	return errors.As(err, &netErr)
 }
 
 // backoff is the wait before retry number attempt (1, 2, ...): exponential,

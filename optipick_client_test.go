@@ -216,7 +216,8 @@ func TestResultDecodingIsLenient(t *testing.T) {
 		{"zone-less timestamp and unknown fields", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","timestamp":"2024-12-04T16:52:49.303000","new_field":{"x":1},"optimal_clusters":[{},{},{}]}`, false, "Example", "", 3},
 		{"a field of another type", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
 		{"error as a string", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
-		{"error as an object", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":{"code":7}}`, false, "S", `{"code":7}`, 0},
+		{"error as an object", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":{"code":7}}`, false, "S", "OptiPick reported an error as a JSON object (LOG_LEVEL=debug logs the whole result)", 0},
+		{"error as a number", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":7}`, false, "S", "7", 0},
 		{"clusters that are not objects are still counted", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","optimal_clusters":["a",[1],null]}`, false, "S", "", 3},
 		{"not JSON", `<html>`, true, "", "", 0},
 		{"truncated", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S"`, true, "", "", 0},
@@ -248,9 +249,12 @@ func TestResultDecodingIsLenient(t *testing.T) {
 func TestOversizedResultIsRefused(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
-			io.WriteString(w, `{"site_name":"`)
-			io.Copy(w, io.LimitReader(zeros{}, maxResultBytes))
-			io.WriteString(w, `"}`)
+			// Many small tokens: only the total is over the cap.
+			io.WriteString(w, `{"request_id":"`+testRequestID+`","picks":[`)
+			for written := 0; written <= maxResultBytes; written += len(`{},`) {
+				io.WriteString(w, `{},`)
+			}
+			io.WriteString(w, `{}]}`)
 		})
 		_, err := client.fetch(t.Context(), "cluster", testRequestID)
 		if err == nil || !strings.Contains(err.Error(), "more than") {
