@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -10,12 +12,16 @@ import (
 
 // connLimitListener admits at most max connections at once, so that no
 // client can hold more sockets, goroutines and buffers than that. When all
-// are taken, it closes the oldest connection that is not serving a verified
-// delivery (one that is idle, still sending its request, or sending one
-// that has not proved genuine), so that a new client, such as Svix with a
-// genuine delivery, gets in at once however many connections an attacker
-// holds or renews. Only when every connection serves a verified delivery
-// does a newcomer wait, in the kernel's accept queue, for one to end.
+// are taken, it closes a connection that is not serving a verified delivery
+// (one that is idle, still sending its request, or sending one that has not
+// proved genuine), so that a new client, such as Svix with a genuine
+// delivery, gets in at once however many connections an attacker holds or
+// renews. The victim is drawn at random, first among connections that never
+// carried a verified delivery: an attacker who renews connections cannot
+// arrange for a genuine one to be the next, and a keep-alive connection
+// that already carried deliveries (Svix's, an ingress's) is shed last. Only
+// when every connection serves a verified delivery does a newcomer wait, in
+// the kernel's accept queue, for one to end.
 //
 // Wire it with the server's ConnState (trackState) and ConnContext
 // (connContext); the handler reports verified requests through the
@@ -54,7 +60,7 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 			return l.admit(c), nil
 		default:
 		}
-		if l.shedOldest() {
+		if l.shedOne() {
 			continue
 		}
 		select {
@@ -91,7 +97,12 @@ func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 // the func that protects its connection once the request is verified.
 func (l *connLimitListener) connContext(ctx context.Context, c net.Conn) context.Context {
 	if lc, ok := c.(*limitedConn); ok {
-		return context.WithValue(ctx, verifiedHookKey{}, func() { l.setSheddable(lc, false) })
+		return context.WithValue(ctx, verifiedHookKey{}, func() {
+			l.mu.Lock()
+			lc.carriedVerified = true
+			l.mu.Unlock()
+			l.setSheddable(lc, false)
+		})
 	}
 	return ctx
 }
@@ -106,21 +117,30 @@ func (l *connLimitListener) setSheddable(c *limitedConn, sheddable bool) {
 	}
 }
 
-// shedOldest closes the oldest sheddable connection accepted at least
-// shedAfter ago, and reports whether there was one.
-func (l *connLimitListener) shedOldest() bool {
+// shedOne closes a sheddable connection accepted at least shedAfter ago,
+// drawn at random, first among those that never carried a verified
+// delivery, and reports whether there was one.
+func (l *connLimitListener) shedOne() bool {
 	l.mu.Lock()
-	var oldest *limitedConn
+	var never, carried []*limitedConn
 	for c := range l.sheddable {
-		if oldest == nil || c.accepted.Before(oldest.accepted) {
-			oldest = c
+		switch {
+		case time.Since(c.accepted) < shedAfter:
+		case c.carriedVerified:
+			carried = append(carried, c)
+		default:
+			never = append(never, c)
 		}
 	}
 	l.mu.Unlock()
-	if oldest == nil || time.Since(oldest.accepted) < shedAfter {
+	candidates := cmp.Or(len(never), len(carried))
+	if candidates == 0 {
 		return false
 	}
-	oldest.Close()
+	if len(never) == 0 {
+		never = carried
+	}
+	never[rand.N(candidates)].Close()
 	return true
 }
 
@@ -130,7 +150,10 @@ type limitedConn struct {
 	net.Conn
 	l        *connLimitListener
 	accepted time.Time
-	released bool // guarded by l.mu
+	// guarded by l.mu
+	released        bool
+	carriedVerified bool // it has carried a verified delivery
+
 }
 
 func (c *limitedConn) Close() error {

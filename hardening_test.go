@@ -302,16 +302,18 @@ func TestAnAPIEchoingTheKeyNeverPutsItInTheLogs(t *testing.T) {
 		{"in a name of a broken result", `{"request_id":%[2]q,%[1]q:tru}`},
 		{"in the site and the error of a result", `{"request_id":%[2]q,"site_name":"site of %[1]s","error":"no key %[1]s"}`},
 		{"in a string too long to read", `{"request_id":%[2]q,"x":"%[1]s` + strings.Repeat("k", maxTokenBytes) + `"}`},
+		{"upper-cased, in a body that is not JSON", `not json %[3]s`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rig := newRig(t, testSecret)
 			rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
-				fmt.Fprintf(w, tc.answer, r.Header.Get("X-API-KEY"), testRequestID)
+				key := r.Header.Get("X-API-KEY")
+				fmt.Fprintf(w, tc.answer, key, testRequestID, strings.ToUpper(key))
 			}
 			rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
 			// assertNoSecrets runs at cleanup; this shows the key was there to leak.
-			if logs := rig.logs.String(); !strings.Contains(logs, "[API key]") {
-				t.Errorf("log lacks the redacted key:\n%s", logs)
+			if logs := rig.logs.String(); !strings.Contains(logs, "[API key]") || strings.Contains(logs, strings.ToUpper(testAPIKey)) {
+				t.Errorf("log lacks the redacted key, or shows it upper-cased:\n%s", logs)
 			}
 		})
 	}

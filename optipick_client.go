@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,10 +103,13 @@ type optiPickClient struct {
 	optimizeURL string // {base}/optimize, without a trailing slash
 	apiKey      string
 	urlPassword string // in OPTIPICK_API_URL, if any: redacted like the key
-	keepRaw     bool
-	http        *http.Client
-	slots       chan struct{}   // one per API call in flight
-	metrics     *serviceMetrics // nil: none
+	// apiKeyPattern matches the key in any letter case, as a proxy that
+	// rewrites what it echoes may send it.
+	apiKeyPattern *regexp.Regexp
+	keepRaw       bool
+	http          *http.Client
+	slots         chan struct{}   // one per API call in flight
+	metrics       *serviceMetrics // nil: none
 }
 
 // newOptiPickClient returns a client for the API at baseURL. keepRaw keeps
@@ -126,11 +130,16 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 		}
 	}
 	password, _ := baseURL.User.Password()
+	var keyPattern *regexp.Regexp
+	if apiKey != "" {
+		keyPattern = regexp.MustCompile("(?i)" + regexp.QuoteMeta(apiKey))
+	}
 	return &optiPickClient{
-		optimizeURL: baseURL.JoinPath("optimize").String(),
-		apiKey:      apiKey,
-		urlPassword: password,
-		keepRaw:     keepRaw,
+		apiKeyPattern: keyPattern,
+		optimizeURL:   baseURL.JoinPath("optimize").String(),
+		apiKey:        apiKey,
+		urlPassword:   password,
+		keepRaw:       keepRaw,
 		http: &http.Client{
 			Transport: transport,
 			// The key goes to the configured API and nowhere else: a
@@ -503,8 +512,8 @@ func (g *tokenGuard) Read(p []byte) (int, error) {
 // redact replaces the API key, and a password in OPTIPICK_API_URL, in text
 // that came from the API or names its URL.
 func (c *optiPickClient) redact(text string) string {
-	if c.apiKey != "" {
-		text = strings.ReplaceAll(text, c.apiKey, "[API key]")
+	if c.apiKeyPattern != nil {
+		text = c.apiKeyPattern.ReplaceAllLiteralString(text, "[API key]")
 	}
 	if c.urlPassword != "" {
 		text = strings.ReplaceAll(text, c.urlPassword, "xxxxx")
@@ -545,7 +554,7 @@ func (w *prefixWriter) Write(p []byte) (int, error) {
 // excerpt is the start of an answer's body for the logs, with the API key
 // redacted wherever the API (or a proxy) echoed it.
 func (c *optiPickClient) excerpt(head []byte) string {
-	return excerptString(string(bytes.ReplaceAll(head, []byte(c.apiKey), []byte("[API key]"))), maxExcerptBytes)
+	return excerptString(c.redact(string(head)), maxExcerptBytes)
 }
 
 // excerptString is at most max bytes of s, as valid UTF-8 with no control
