@@ -1,62 +1,28 @@
 package main
 
 import (
-	"bufio"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
-	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
-// limitedServer serves the service behind a connLimitListener of max
-// connections, counting the connections the server holds open at once.
-func limitedServer(t *testing.T, max int, handler http.Handler) (addr string, peak *atomic.Int32) {
-	t.Helper()
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listener := newConnLimitListener(tcp, max)
-	srv := newHTTPServer(handler, slog.New(slog.DiscardHandler))
-	var open atomic.Int32
-	peak = &atomic.Int32{}
-	srv.ConnState = func(c net.Conn, state http.ConnState) {
-		switch state {
-		case http.StateNew:
-			n := open.Add(1)
-			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-			}
-		case http.StateClosed, http.StateHijacked:
-			open.Add(-1)
-		}
-		listener.trackState(c, state)
-	}
-	go srv.Serve(listener)
-	t.Cleanup(func() { srv.Close() })
-	return tcp.Addr().String(), peak
-}
+// These tests run the server on the fake clock of a synctest bubble, over
+// in-memory connections (bubbleServer): no sleep or wall-clock timing
+// decides their outcome.
 
 // idleConn opens a keep-alive connection, makes one request on it and
 // leaves it idle.
-func idleConn(t *testing.T, addr string) net.Conn {
+func idleConn(t *testing.T, s *bubbleServer) net.Conn {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	io.WriteString(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil || resp.StatusCode != http.StatusOK {
+	conn := s.dial(t)
+	if resp, err := send(conn, getHealthz); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /healthz: %v %v", resp, err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	synctest.Wait() // the server has gone back to waiting for the next request
 	return conn
 }
 
@@ -64,85 +30,116 @@ func idleConn(t *testing.T, addr string) net.Conn {
 // keep-alive connections, a new client is served (the longest-idle
 // connection is closed for it), and the server never holds more than max.
 func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
-	const max = 4
-	addr, peak := limitedServer(t, max, newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1)))
-	var idle []net.Conn
-	for range max {
-		idle = append(idle, idleConn(t, addr))
-	}
-	time.Sleep(shedAfter) // the policy spares connections that have only just gone quiet
-
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	for i := range 3 {
-		resp, err := client.Get("http://" + addr + "/healthz")
-		if err != nil || resp.StatusCode != http.StatusOK {
-			t.Fatalf("new client %d while %d idle connections hold every slot: %v %v", i, max, resp, err)
+	synctest.Test(t, func(t *testing.T) {
+		const max = 4
+		s := startBubbleServer(t, newServer(slog.New(slog.DiscardHandler), nil, nil, nil, newDedupe(0, 1)), max)
+		var idle []net.Conn
+		for range max {
+			idle = append(idle, idleConn(t, s))
+			time.Sleep(time.Millisecond) // each goes quiet after the one before
 		}
-		resp.Body.Close()
-	}
-	if p := peak.Load(); p > max {
-		t.Errorf("the server held %d connections at once, the limit is %d", p, max)
-	}
-	// The first idle connection, the longest quiet, was the one shed.
-	idle[0].SetReadDeadline(time.Now().Add(2 * time.Second))
-	if _, err := idle[0].Read(make([]byte, 1)); err != io.EOF {
-		t.Errorf("longest-idle connection: read %v, want EOF (closed by the server)", err)
-	}
+
+		// Connections quiet for less than shedAfter are spared: a newcomer waits.
+		early := s.dial(t)
+		served := make(chan error, 1)
+		go func() {
+			resp, err := send(early, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = io.ErrUnexpectedEOF
+			}
+			served <- err
+		}()
+		time.Sleep(shedAfter - 10*time.Millisecond)
+		synctest.Wait()
+		select {
+		case err := <-served:
+			t.Fatalf("a connection quiet for less than %v was shed (newcomer: %v)", shedAfter, err)
+		default:
+		}
+		time.Sleep(10 * time.Millisecond)
+		if err := <-served; err != nil {
+			t.Fatalf("newcomer once the oldest idle connection was quiet for %v: %v", shedAfter, err)
+		}
+
+		// The one shed was the first idle connection, the longest quiet.
+		synctest.Wait()
+		if _, err := idle[0].Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("longest-idle connection: read %v, want EOF (closed by the server)", err)
+		}
+		for i, c := range idle[1:] {
+			if resp, err := send(c, getHealthz); err != nil || resp.StatusCode != http.StatusOK {
+				t.Errorf("idle connection %d, quiet for less long, was shed too: %v %v", i+1, resp, err)
+			}
+		}
+
+		// More newcomers, one at a time, are served too.
+		time.Sleep(shedAfter)
+		for i := range 3 {
+			conn := s.dial(t)
+			resp, err := send(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("newcomer %d while %d idle connections hold every slot: %v %v", i, max, resp, err)
+			}
+			conn.Close()
+		}
+		if p := s.peak.Load(); p > max {
+			t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+		}
+	})
 }
 
 // TestBusyConnectionsAreNotShed: when every slot serves a request, a new
-// client waits for one to end instead of cutting a request short.
+// client waits for one to end instead of cutting a request short, however
+// long that takes.
 func TestBusyConnectionsAreNotShed(t *testing.T) {
-	const max = 2
-	release := make(chan struct{})
-	var started sync.WaitGroup
-	started.Add(max)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
-		started.Done()
-		<-release
-		io.WriteString(w, "done")
-	})
-	mux.HandleFunc("GET /fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
-	addr, peak := limitedServer(t, max, mux)
+	synctest.Test(t, func(t *testing.T) {
+		const max = 2
+		release := make(chan struct{})
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
+			<-release
+			io.WriteString(w, "done")
+		})
+		mux.HandleFunc("GET /fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
+		s := startBubbleServer(t, mux, max)
 
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
-	slow := make(chan int, max)
-	for range max {
+		slow := make(chan int, max)
+		for range max {
+			conn := s.dial(t)
+			go func() {
+				resp, err := send(conn, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+				if err != nil {
+					slow <- 0
+					return
+				}
+				slow <- resp.StatusCode
+			}()
+		}
+		synctest.Wait() // both are in their handler
+		fast := make(chan error, 1)
+		conn := s.dial(t)
 		go func() {
-			resp, err := client.Get("http://" + addr + "/slow")
-			if err != nil {
-				slow <- 0
-				return
-			}
-			resp.Body.Close()
-			slow <- resp.StatusCode
+			_, err := send(conn, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+			fast <- err
 		}()
-	}
-	started.Wait()
-	fast := make(chan error, 1)
-	go func() {
-		resp, err := client.Get("http://" + addr + "/fast")
-		if err == nil {
-			resp.Body.Close()
+		time.Sleep(5 * shedAfter)
+		synctest.Wait()
+		select {
+		case err := <-fast:
+			t.Fatalf("a new client was served while every slot was busy (%v)", err)
+		default:
 		}
-		fast <- err
-	}()
-	select {
-	case err := <-fast:
-		t.Fatalf("a new client was served while every slot was busy (%v)", err)
-	case <-time.After(shedAfter + 300*time.Millisecond):
-	}
-	close(release)
-	for range max {
-		if code := <-slow; code != http.StatusOK {
-			t.Errorf("a busy request got %d, want 200: it was cut", code)
+		close(release)
+		for range max {
+			if code := <-slow; code != http.StatusOK {
+				t.Errorf("a busy request got %d, want 200: it was cut", code)
+			}
 		}
-	}
-	if err := <-fast; err != nil {
-		t.Errorf("the waiting client, once a slot was free: %v", err)
-	}
-	if p := peak.Load(); p > max {
-		t.Errorf("the server held %d connections at once, the limit is %d", p, max)
-	}
+		if err := <-fast; err != nil {
+			t.Errorf("the waiting client, once a slot was free: %v", err)
+		}
+		if p := s.peak.Load(); p > max {
+			t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+		}
+	})
 }
