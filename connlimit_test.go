@@ -72,13 +72,19 @@ func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
 			}
 		}
 
-		// More newcomers, one at a time, are served too.
+		// Once every slot is held by a connection quiet for shedAfter,
+		// newcomers are served at once.
+		idleConn(t, s)
 		time.Sleep(shedAfter)
 		for i := range 3 {
+			start := time.Now()
 			conn := s.dial(t)
 			resp, err := send(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 			if err != nil || resp.StatusCode != http.StatusOK {
 				t.Fatalf("newcomer %d while %d idle connections hold every slot: %v %v", i, max, resp, err)
+			}
+			if waited := time.Since(start); waited != 0 {
+				t.Errorf("newcomer %d waited %v, though connections had been quiet for %v", i, waited, shedAfter)
 			}
 			conn.Close()
 		}
