@@ -451,3 +451,23 @@ func readResponse(conn net.Conn) (*http.Response, error) {
 }
 
 const getHealthz = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+// runBriefly starts the service with env and stops it at once, as a
+// SIGTERM right after start would: run checks the configuration, listens,
+// logs and drains. PORT defaults to 0 (a free port). It returns what run
+// returned and what it logged. run has a deadline, so that it cannot hang.
+func runBriefly(t *testing.T, env map[string]string, args ...string) (logs string, err error) {
+	t.Helper()
+	env = merge(map[string]string{"PORT": "0"}, env)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	if len(args) == 0 {
+		cancel() // a stop signal that is already there
+	}
+	defer cancel()
+	var stdout, stderr syncBuffer
+	err = run(ctx, append([]string{"optipick-webhooks"}, args...), getenvFrom(env), &stdout, &stderr)
+	if stderr.String() != "" && err == nil {
+		t.Errorf("wrote to stderr: %q", stderr.String())
+	}
+	return stdout.String(), err
+}
