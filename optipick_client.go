@@ -194,7 +194,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, &apiError{
 			Status:     resp.StatusCode,
-			URL:        target,
+			URL:        redacted(target),
 			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 			Excerpt:    c.excerpt(head),
 		}
@@ -216,10 +216,10 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		io.CopyN(io.Discard, body, int64(head.max-len(head.buf)))
 	}
 	if limited.N <= 0 {
-		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", target, maxResultBytes)
+		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", redacted(target), maxResultBytes)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", target, err, c.excerpt(head.buf))
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", redacted(target), err, c.excerpt(head.buf))
 	}
 	if raw != nil {
 		result.Raw = raw.Bytes()
@@ -369,7 +369,7 @@ func excerptString(s string, max int) string {
 // apiError is an API answer other than 200.
 type apiError struct {
 	Status     int
-	URL        string        // what was fetched (never holds the key)
+	URL        string        // what was fetched (never holds the key or a password)
 	RetryAfter time.Duration // 0 when the API did not say
 	Excerpt    string        // the start of the answer's body, made safe to log
 }
@@ -440,6 +440,15 @@ func parseRetryAfter(value string, now time.Time) time.Duration {
 		return at.Sub(now)
 	}
 	return 0
+}
+
+// redacted is rawURL for messages: a password in it (OPTIPICK_API_URL may
+// hold one) replaced by xxxxx.
+func redacted(rawURL string) string {
+	if u, err := url.Parse(rawURL); err == nil {
+		return u.Redacted()
+	}
+	return rawURL
 }
 
 // optimizationURL is {optimizeURL}/{kind}/{requestID}, where optimizeURL is
