@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -274,5 +275,120 @@ func TestAPIErrorMessages(t *testing.T) {
 	// "é" is 2 bytes: 255 bytes cut inside the 128th.
 	if got, want := excerptString(strings.Repeat("é", 200), 255), strings.Repeat("é", 127)+"\uFFFD"; got != want {
 		t.Errorf("excerpt = %q, want %q", got, want)
+	}
+}
+
+// TestRetriesOnlyWhatFitsBeforeTheDeadline: a retry is made only if its
+// wait leaves more than a second for the call; otherwise the last answer
+// is returned at once, not after the deadline.
+func TestRetriesOnlyWhatFitsBeforeTheDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		left       time.Duration // before the deadline, at the first call
+		status     int
+		retryAfter string
+		wantCalls  int
+		wantStatus int // of a delivery that ends so
+	}{
+		// The first backoff is at most 200 ms: it does not fit in 1.1 s.
+		{"backoff that does not fit", 1100 * time.Millisecond, 500, "", 1, http.StatusBadGateway},
+		{"backoff that fits", 1300 * time.Millisecond, 500, "", 2, http.StatusBadGateway},
+		{"Retry-After leaving exactly 1 s", 3 * time.Second, 429, "2", 1, http.StatusServiceUnavailable},
+		{"Retry-After leaving over 1 s", 3*time.Second + time.Millisecond, 429, "2", 2, http.StatusServiceUnavailable},
+		{"Retry-After on a 503 leaving exactly 1 s", 3 * time.Second, 503, "2", 1, http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var calls atomic.Int32
+				client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+					calls.Add(1)
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					w.WriteHeader(tc.status)
+				})
+				ctx, cancel := context.WithTimeout(t.Context(), tc.left)
+				defer cancel()
+				start := time.Now()
+				_, err := client.fetch(ctx, "cluster", testRequestID)
+				if err == nil {
+					t.Fatal("fetch succeeded")
+				}
+				if got := int(calls.Load()); got != tc.wantCalls {
+					t.Errorf("API called %d times, want %d (%v)", got, tc.wantCalls, err)
+				}
+				if tc.wantCalls == 1 && time.Since(start) != 0 {
+					t.Errorf("returned after %v, want at once: there was no time to retry", time.Since(start))
+				}
+				if errors.Is(err, context.DeadlineExceeded) && tc.wantCalls == 1 {
+					t.Errorf("fetch: %v, want the API's answer, not the deadline", err)
+				}
+				if got := statusFor(err); got != tc.wantStatus {
+					t.Errorf("a delivery would be answered %d, want %d (%v)", got, tc.wantStatus, err)
+				}
+			})
+		})
+	}
+}
+
+// TestErrorAnswersLeaveTheConnectionReusable: the body of an error answer
+// is read to its end (up to 64 KiB), so the next call reuses the
+// connection instead of opening another.
+func TestErrorAnswersLeaveTheConnectionReusable(t *testing.T) {
+	var conns atomic.Int32
+	var calls atomic.Int32
+	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, strings.Repeat("not found ", 3000)) // 30 KB
+			return
+		}
+		writeClusterResult(w, testRequestID)
+	}))
+	server.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	server.Start()
+	defer server.Close()
+	base, _ := url.Parse(server.URL)
+	client := newOptiPickClient(base, testAPIKey, false, nil) // the service's own transport
+	if _, err := client.fetch(t.Context(), "cluster", testRequestID); err == nil {
+		t.Fatal("first fetch succeeded, want the 404")
+	}
+	if _, err := client.fetch(t.Context(), "cluster", testRequestID); err != nil {
+		t.Fatal(err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("two calls used %d connections, want 1", n)
+	}
+}
+
+// TestResultSizeCap: a result of exactly maxResultBytes is read; one byte
+// more is refused.
+func TestResultSizeCap(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{maxResultBytes, true}, {maxResultBytes + 1, false}} {
+		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				base, _ := url.Parse("http://optipick.test")
+				client := newOptiPickClient(base, testAPIKey, false, handlerTransport{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					head := `{"request_id":"` + testRequestID + `","site_name":"Big","pad":"`
+					io.WriteString(w, head)
+					io.Copy(w, io.LimitReader(zeros{}, int64(tc.size-len(head)-2)))
+					io.WriteString(w, `"}`)
+				})})
+				result, err := client.fetch(t.Context(), "cluster", testRequestID)
+				if tc.ok && (err != nil || result.SiteName != "Big") {
+					t.Fatalf("a result of %d bytes: %v", tc.size, err)
+				}
+				if !tc.ok && (err == nil || !strings.Contains(err.Error(), "more than")) {
+					t.Fatalf("a result of %d bytes: %v, want a size error", tc.size, err)
+				}
+			})
+		})
 	}
 }
