@@ -113,7 +113,7 @@ func TestBusyConnectionsAreNotShed(t *testing.T) {
 		for range max {
 			conn := s.dial(t)
 			go func() {
-				resp, err := send(conn, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+				resp, err := send(conn, "GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 				if err != nil {
 					slow <- 0
 					return
@@ -141,11 +141,38 @@ func TestBusyConnectionsAreNotShed(t *testing.T) {
 				t.Errorf("a busy request got %d, want 200: it was cut", code)
 			}
 		}
+		start := time.Now()
 		if err := <-fast; err != nil {
 			t.Errorf("the waiting client, once a slot was free: %v", err)
+		}
+		if waited := time.Since(start); waited != 0 {
+			t.Errorf("the waiting client was served %v after a slot came free, want at once", waited)
 		}
 		if p := s.peak.Load(); p > max {
 			t.Errorf("the server held %d connections at once, the limit is %d", p, max)
 		}
+	})
+}
+
+// TestShutdownReleasesWaitingClients: a client waiting for a slot is let
+// go when the server closes, instead of being held.
+func TestShutdownReleasesWaitingClients(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) { <-release })
+		s := startBubbleServer(t, mux, 1)
+		busy := s.dial(t)
+		go send(busy, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+		synctest.Wait()
+		waiting := s.dial(t)
+		answered := make(chan error, 1)
+		go func() { _, err := send(waiting, getHealthz); answered <- err }()
+		synctest.Wait()
+		s.srv.Close()
+		if err := <-answered; err == nil {
+			t.Error("the waiting client was served after the server closed")
+		}
+		close(release)
 	})
 }
