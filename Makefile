@@ -6,6 +6,12 @@ BINARY             := bin/optipick-webhooks
 STATICCHECK        := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 ACTIONLINT         := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 GOVULNCHECK        := golang.org/x/vuln/cmd/govulncheck@v1.9.0
+GREMLINS           := github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
+# make mutate fails when fewer than this percentage of the mutants that the
+# tests reach are killed (gremlins' efficacy: killed / (killed + lived)).
+MUTATE_EFFICACY    ?= 92
+# make repeat runs the root package's tests this many times over.
+COUNT              ?= 3
 FUZZTIME           ?= 30s
 IMAGE              ?= optipick-webhooks:latest
 # make image: empty PLATFORMS builds for this machine's platform; several,
@@ -25,7 +31,7 @@ GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 # The race detector needs cgo, so a C compiler: used where there is one.
 RACE               := $(shell command -v "$$(go env CC)" >/dev/null 2>&1 && echo -race)
 
-.PHONY: help demo run sim test build cross-check image lint vulncheck fuzz bench loadtest
+.PHONY: help demo run sim test repeat mutate build cross-check image lint vulncheck fuzz bench loadtest
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +49,13 @@ test: ## go vet, then every test (with the race detector where a C compiler is i
 	@if [ -z "$(RACE)" ]; then echo "make test: no C compiler ($$(go env CC)), so no race detector: install gcc to use it"; fi
 	go vet ./...
 	go test $(RACE) ./...
+
+repeat: ## the root package's tests COUNT (3) times over, -race where possible, so that a flaky test shows
+	go test $(RACE) -count=$(COUNT) .
+
+mutate: ## mutation testing (gremlins, pinned) of the receiver's own files; fails under MUTATE_EFFICACY (92) % killed
+	go run $(GREMLINS) unleash --threshold-efficacy $(MUTATE_EFFICACY) \
+		--exclude-files '^cmd/' --exclude-files '^internal/' --exclude-files '^e2e/' --exclude-files '^scripts/' .
 
 build: ## build the receiver into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags="$(LDFLAGS)" -o $(BINARY) .

@@ -377,3 +377,32 @@ func TestResultSizeCap(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchStopsWaitingWhenTheDeliveryEnds: a delivery whose sender went
+// away during a backoff stops at once, with both reasons.
+func TestFetchStopsWaitingWhenTheDeliveryEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(50*time.Millisecond, cancel) // the first backoff is at least 100 ms
+		start := time.Now()
+		_, err := client.fetch(ctx, "cluster", testRequestID)
+		if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "503") {
+			t.Fatalf("fetch: %v, want context.Canceled after the 503", err)
+		}
+		if took := time.Since(start); took != 50*time.Millisecond || calls.Load() != 1 {
+			t.Errorf("returned after %v and %d calls, want at the cancel, after 1", took, calls.Load())
+		}
+	})
+}
+
+func TestFetchRefusesAnUnknownKind(t *testing.T) {
+	client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) { t.Error("the API was called") })
+	if _, err := client.fetch(t.Context(), "pallet", testRequestID); err == nil || !strings.Contains(err.Error(), `unknown optimization kind "pallet"`) {
+		t.Fatalf("fetch of kind pallet: %v", err)
+	}
+}
