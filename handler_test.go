@@ -452,21 +452,19 @@ func TestRequestIDBoundaries(t *testing.T) {
 // more is refused before verification.
 func TestSignatureHeaderBounds(t *testing.T) {
 	body := requestBody(testRequestID)
-	// padded signs with the id and puts the valid signature last, after
-	// junk entries, in a header of exactly size bytes.
+	// padded signs with id; with entries > 1 it puts the valid signature
+	// last, after junk entries that make the header exactly size bytes.
 	padded := func(id string, entries, size int) *http.Request {
 		req := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, id, time.Now())
+		if entries == 1 {
+			return req
+		}
 		valid := req.Header.Get("svix-signature")
-		junk := make([]string, entries-1)
-		for i := range junk {
-			junk[i] = "v1,A"
-		}
-		if entries > 1 {
-			junk[0] = "v1," + strings.Repeat("A", size-len(valid)-len(strings.Join(junk, " "))-1+len("A"))
-		}
-		header := strings.TrimSpace(strings.Join(append(junk, valid), " "))
-		if len(header) != size && entries > 1 {
-			t.Fatalf("header of %d bytes, want %d", len(header), size)
+		junk := strings.Repeat("v1,A ", entries-2) // each 5 bytes with its space
+		first := "v1," + strings.Repeat("A", size-len(valid)-len(junk)-len("v1, "))
+		header := first + " " + junk + valid
+		if len(header) != size || strings.Count(header, " ") != entries-1 {
+			t.Fatalf("header of %d bytes and %d entries, want %d and %d", len(header), strings.Count(header, " ")+1, size, entries)
 		}
 		req.Header.Set("svix-signature", header)
 		return req
