@@ -10,6 +10,14 @@ BENCHSTAT          := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9
 # make bench runs each benchmark BENCHCOUNT times: benchstat needs 6 for a
 # confidence interval of the median.
 BENCHCOUNT         ?= 6
+GREMLINS           := github.com/go-gremlins/gremlins/cmd/gremlins@v0.6.0
+# make mutate fails unless more than this percentage of the mutants that the
+# tests reach are killed (gremlins' efficacy: killed / (killed + lived)).
+# MUTATE_FLAGS adds gremlins flags, such as --diff main (only changed lines).
+MUTATE_EFFICACY    ?= 92
+MUTATE_FLAGS       ?=
+# make repeat runs the root package's tests this many times over.
+COUNT              ?= 3
 FUZZTIME           ?= 30s
 IMAGE              ?= optipick-webhooks:latest
 # make image: empty PLATFORMS builds for this machine's platform; several,
@@ -29,7 +37,7 @@ GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
 # The race detector needs cgo, so a C compiler: used where there is one.
 RACE               := $(shell command -v "$$(go env CC)" >/dev/null 2>&1 && echo -race)
 
-.PHONY: help demo run sim test build cross-check image lint vulncheck fuzz bench loadtest chaos
+.PHONY: help demo run sim test repeat mutate build cross-check image lint vulncheck fuzz bench loadtest chaos
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +59,18 @@ test: ## go vet, then every test (with the race detector where a C compiler is i
 	@if [ -z "$(RACE)" ]; then echo "make test: no C compiler ($$(go env CC)), so no race detector: install gcc to use it"; fi
 	go vet ./...
 	go test $(RACE) ./...
+
+repeat: ## the root package's tests COUNT (3) times over, -race where possible, so that a flaky test shows
+	go test $(RACE) -count=$(COUNT) .
+
+# The threshold goes in a config file: gremlins v0.6.0 ignores its
+# --threshold-efficacy flag (go-gremlins/gremlins#216) and exits 0.
+mutate: ## mutation testing (gremlins, pinned) of the receiver's own files; fails unless over MUTATE_EFFICACY (92) % killed
+	@cfg=$$(mktemp); trap 'rm -f "$$cfg"' EXIT; \
+	printf 'unleash:\n  threshold:\n    efficacy: %s\n' '$(MUTATE_EFFICACY)' > "$$cfg"; \
+	echo "gremlins unleash: efficacy threshold $(MUTATE_EFFICACY) %"; \
+	go run $(GREMLINS) unleash --config "$$cfg" $(MUTATE_FLAGS) \
+		--exclude-files '^cmd/' --exclude-files '^internal/' --exclude-files '^e2e/' --exclude-files '^scripts/' .
 
 build: ## build the receiver into bin/
 	CGO_ENABLED=0 go build -trimpath -ldflags="$(LDFLAGS)" -o $(BINARY) .

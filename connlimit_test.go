@@ -1,187 +1,220 @@
 package main
 
 import (
-	"bufio"
-	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"sync"
-	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
-// limitedServer serves the service behind a connLimitListener of max
-// connections, counting the connections the server holds open at once.
-func limitedServer(t *testing.T, max int, handler http.Handler) (addr string, peak *atomic.Int32) {
-	t.Helper()
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listener := newConnLimitListener(tcp, max)
-	srv := newHTTPServer(handler, slog.New(slog.DiscardHandler))
-	var open atomic.Int32
-	peak = &atomic.Int32{}
-	srv.ConnState = func(c net.Conn, state http.ConnState) {
-		switch state {
-		case http.StateNew:
-			n := open.Add(1)
-			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-			}
-		case http.StateClosed, http.StateHijacked:
-			open.Add(-1)
+// These tests run the server on the fake clock of a synctest bubble, over
+// in-memory connections (bubbleServer): no sleep or wall-clock timing
+// decides their outcome.
+
+// limitTestMux serves /healthz, /verified (a request that proves genuine,
+// as a signed delivery does), and /slow and /slow-verified, which wait for
+// release (or for their connection to be shed).
+func limitTestMux(release <-chan struct{}) *http.ServeMux {
+	verify := func(r *http.Request) { r.Context().Value(verifiedHookKey{}).(func())() }
+	wait := func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+			io.WriteString(w, "done")
+		case <-r.Context().Done(): // shed
 		}
-		listener.trackState(c, state)
 	}
-	srv.ConnContext = listener.connContext
-	go srv.Serve(listener)
-	t.Cleanup(func() { srv.Close() })
-	return tcp.Addr().String(), peak
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	mux.HandleFunc("GET /verified", func(w http.ResponseWriter, r *http.Request) { verify(r) })
+	mux.HandleFunc("GET /slow", wait)
+	mux.HandleFunc("GET /slow-verified", func(w http.ResponseWriter, r *http.Request) { verify(r); wait(w, r) })
+	return mux
 }
 
 // idleConn opens a keep-alive connection, makes one request on it and
 // leaves it idle.
-func idleConn(t *testing.T, addr, path string) net.Conn {
+func idleConn(t *testing.T, s *bubbleServer, path string) net.Conn {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil || resp.StatusCode != http.StatusOK {
+	conn := s.dial(t)
+	if resp, err := send(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %v %v", path, resp, err)
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	synctest.Wait() // the server has gone back to waiting for the next request
 	return conn
 }
 
-// TestIdleConnectionsAreShedForNewClients: with every slot held by idle
-// keep-alive connections, a new client is served (an idle connection is
-// closed for it, one that never carried a verified delivery before one
-// that did), and the server never holds more than max.
-func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
-	const max = 4
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-	mux.HandleFunc("GET /verified", func(w http.ResponseWriter, r *http.Request) {
-		r.Context().Value(verifiedHookKey{}).(func())() // as a genuine delivery does
-	})
-	addr, peak := limitedServer(t, max, mux)
-	idle := []net.Conn{idleConn(t, addr, "/verified")} // a keep-alive connection like Svix's
-	for range max - 1 {
-		idle = append(idle, idleConn(t, addr, "/healthz"))
-	}
-	time.Sleep(shedAfter) // newer connections are spared
+// isClosed reports whether the server closed conn.
+func isClosed(conn net.Conn) bool {
+	conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := conn.Read(make([]byte, 1))
+	return err == io.EOF
+}
 
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	resp, err := client.Get("http://" + addr + "/healthz")
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("new client while %d idle connections hold every slot: %v %v", max, resp, err)
-	}
-	resp.Body.Close()
-	if p := peak.Load(); p > max {
-		t.Errorf("the server held %d connections at once, the limit is %d", p, max)
-	}
-	closed, n := make([]bool, max), 0
-	for i, c := range idle {
-		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); err == io.EOF {
-			closed[i], n = true, n+1
+// TestIdleConnectionsAreShedForNewClients: with every slot held by idle
+// keep-alive connections, a new client is served: one idle connection is
+// closed for it, one that never carried a verified delivery before one that
+// did, and none younger than shedAfter. The server never holds more than max.
+func TestIdleConnectionsAreShedForNewClients(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const max = 4
+		s := startBubbleServer(t, limitTestMux(nil), max)
+		idle := []net.Conn{idleConn(t, s, "/verified")} // a keep-alive connection like Svix's
+		for range max - 1 {
+			idle = append(idle, idleConn(t, s, "/healthz"))
 		}
-	}
-	if closed[0] || n != 1 {
-		t.Errorf("closed by the server: %v; want exactly one, not the first (it carried a verified delivery)", closed)
+
+		// Connections younger than shedAfter are spared: a newcomer waits.
+		early := s.dial(t)
+		served := make(chan error, 1)
+		go func() {
+			resp, err := send(early, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = io.ErrUnexpectedEOF
+			}
+			served <- err
+		}()
+		time.Sleep(shedAfter - time.Millisecond)
+		synctest.Wait()
+		select {
+		case err := <-served:
+			t.Fatalf("a connection younger than %v was shed (newcomer: %v)", shedAfter, err)
+		default:
+		}
+		time.Sleep(shedAfter)
+		if err := <-served; err != nil {
+			t.Fatalf("newcomer once the idle connections were %v old: %v", shedAfter, err)
+		}
+		synctest.Wait()
+		closed := 0
+		for i, c := range idle {
+			if isClosed(c) {
+				closed++
+				if i == 0 {
+					t.Error("the connection that carried a verified delivery was shed before the others")
+				}
+			}
+		}
+		if closed != 1 {
+			t.Errorf("%d idle connections were shed for one newcomer, want 1", closed)
+		}
+
+		// Newcomers are now served at once.
+		for i := range 3 {
+			start := time.Now()
+			conn := s.dial(t)
+			resp, err := send(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("newcomer %d while %d idle connections hold every slot: %v %v", i, max, resp, err)
+			}
+			if waited := time.Since(start); waited != 0 {
+				t.Errorf("newcomer %d waited %v", i, waited)
+			}
+			conn.Close()
+		}
+		if p := s.peak.Load(); p > max {
+			t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+		}
+	})
+}
+
+// TestBusyConnectionsAreShedUnlessVerified: when every slot is serving a
+// request, a newcomer sheds one that has not proved genuine (a slow body,
+// a stream of unsigned requests), but waits for verified deliveries to end
+// instead of cutting one short, however long that takes.
+func TestBusyConnectionsAreShedUnlessVerified(t *testing.T) {
+	for _, path := range []string{"/slow", "/slow-verified"} {
+		t.Run(path, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const max = 2
+				release := make(chan struct{})
+				s := startBubbleServer(t, limitTestMux(release), max)
+				slow := make(chan int, max)
+				for range max {
+					conn := s.dial(t)
+					go func() {
+						resp, err := send(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+						if err != nil {
+							slow <- 0
+							return
+						}
+						slow <- resp.StatusCode
+					}()
+				}
+				synctest.Wait() // both are in their handler
+				fast := make(chan error, 1)
+				conn := s.dial(t)
+				go func() {
+					_, err := send(conn, getHealthz)
+					fast <- err
+				}()
+				time.Sleep(5 * shedAfter)
+				synctest.Wait()
+				if path == "/slow" {
+					select {
+					case err := <-fast:
+						if err != nil {
+							t.Fatalf("newcomer: %v", err)
+						}
+					default:
+						t.Fatal("a newcomer waited while unverified requests held every slot")
+					}
+					close(release)
+					cut := 0
+					for range max {
+						if <-slow != http.StatusOK {
+							cut++
+						}
+					}
+					if cut != 1 {
+						t.Errorf("%d unverified requests were cut for one newcomer, want 1", cut)
+					}
+					return
+				}
+				select {
+				case err := <-fast:
+					t.Fatalf("a newcomer was served while every slot served a verified delivery (%v)", err)
+				default:
+				}
+				close(release)
+				for range max {
+					if code := <-slow; code != http.StatusOK {
+						t.Errorf("a verified delivery got %d, want 200: it was cut", code)
+					}
+				}
+				start := time.Now()
+				if err := <-fast; err != nil {
+					t.Errorf("the waiting client, once a slot was free: %v", err)
+				}
+				if waited := time.Since(start); waited > shedAfter {
+					t.Errorf("the waiting client was served %v after a slot came free", waited)
+				}
+				if p := s.peak.Load(); p > max {
+					t.Errorf("the server held %d connections at once, the limit is %d", p, max)
+				}
+			})
+		})
 	}
 }
 
-// TestVerifiedDeliveriesAreNeverShed: when every slot serves a verified
-// delivery, a new client waits for one to end instead of cutting it short;
-// a connection busy with a request that has not proved genuine (a slow
-// body, say) is shed for the newcomer.
-func TestVerifiedDeliveriesAreNeverShed(t *testing.T) {
-	for _, verified := range []bool{true, false} {
-		t.Run(fmt.Sprintf("verified=%v", verified), func(t *testing.T) {
-			const max = 2
-			release := make(chan struct{})
-			var started sync.WaitGroup
-			started.Add(max)
-			mux := http.NewServeMux()
-			mux.HandleFunc("GET /slow", func(w http.ResponseWriter, r *http.Request) {
-				if protect, ok := r.Context().Value(verifiedHookKey{}).(func()); ok && verified {
-					protect() // as the webhook handler does once the signature holds
-				}
-				started.Done()
-				select {
-				case <-release:
-				case <-r.Context().Done(): // shed
-				}
-				io.WriteString(w, "done")
-			})
-			mux.HandleFunc("GET /fast", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fast") })
-			addr, peak := limitedServer(t, max, mux)
-
-			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
-			slow := make(chan int, max)
-			for range max {
-				go func() {
-					resp, err := client.Get("http://" + addr + "/slow")
-					if err != nil {
-						slow <- 0
-						return
-					}
-					resp.Body.Close()
-					slow <- resp.StatusCode
-				}()
-			}
-			started.Wait()
-			fast := make(chan error, 1)
-			go func() {
-				resp, err := client.Get("http://" + addr + "/fast")
-				if err == nil {
-					resp.Body.Close()
-				}
-				fast <- err
-			}()
-			if !verified {
-				if err := <-fast; err != nil {
-					t.Fatalf("newcomer while unverified requests held every slot: %v", err)
-				}
-				close(release)
-				cut := 0
-				for range max {
-					if <-slow != http.StatusOK {
-						cut++
-					}
-				}
-				if cut != 1 {
-					t.Errorf("%d unverified requests were cut for one newcomer, want 1", cut)
-				}
-				return
-			}
-			select {
-			case err := <-fast:
-				t.Fatalf("a new client was served while every slot served a verified delivery (%v)", err)
-			case <-time.After(shedAfter + 300*time.Millisecond):
-			}
-			close(release)
-			for range max {
-				if code := <-slow; code != http.StatusOK {
-					t.Errorf("a verified delivery got %d, want 200: it was cut", code)
-				}
-			}
-			if err := <-fast; err != nil {
-				t.Errorf("the waiting client, once a slot was free: %v", err)
-			}
-			if p := peak.Load(); p > max {
-				t.Errorf("the server held %d connections at once, the limit is %d", p, max)
-			}
-		})
-	}
+// TestShutdownReleasesWaitingClients: a client waiting for a slot is let
+// go when the server closes, instead of being held.
+func TestShutdownReleasesWaitingClients(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		s := startBubbleServer(t, limitTestMux(release), 1)
+		busy := s.dial(t)
+		go send(busy, "GET /slow-verified HTTP/1.1\r\nHost: x\r\n\r\n")
+		synctest.Wait()
+		waiting := s.dial(t)
+		answered := make(chan error, 1)
+		go func() { _, err := send(waiting, getHealthz); answered <- err }()
+		synctest.Wait()
+		s.srv.Close()
+		if err := <-answered; err == nil {
+			t.Error("the waiting client was served after the server closed")
+		}
+		close(release)
+	})
 }

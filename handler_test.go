@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -39,7 +41,7 @@ func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
 					t.Errorf("log lacks %q:\n%s", s, logs)
 				}
 			}
-			if tc.kind == "cluster" && !strings.Contains(logs, "saving_pct=25") {
+			if tc.kind == "cluster" && !strings.Contains(logs, "saving_pct=25 ") {
 				t.Errorf("log lacks the saving (as-is 200, optimal 150):\n%s", logs)
 			}
 			if !strings.Contains(logs, `msg="optimization result"`) || !strings.Contains(logs, `\"timestamp\":\"2024-12-04T16:52:49.303000\"`) {
@@ -336,6 +338,7 @@ func TestAPIFailuresMakeSvixRetry(t *testing.T) {
 		wantLog    string
 	}{
 		{"500 is retried, then 502", 500, "internal error", http.StatusBadGateway, maxAttempts, "500 Internal Server Error"},
+		{"429 is retried, then 503", 429, "slow down", http.StatusServiceUnavailable, maxAttempts, "429 Too Many Requests"},
 		{"403 is not retried", 403, `{"message":"Forbidden"}`, http.StatusBadGateway, 1, "the API key was rejected"},
 		{"401 is not retried", 401, `{"message":"Unauthorized"}`, http.StatusBadGateway, 1, "the API key was rejected"},
 		{"404 is not retried", 404, `{"detail":"not found"}`, http.StatusBadGateway, 1, "does OPTIPICK_API_URL point at another service?"},
@@ -418,3 +421,149 @@ func TestSecretsNeverReachTheLogs(t *testing.T) {
 }
 
 // rig is the real handler with a fake OptiPick API behind it.
+
+// TestRequestIDBoundaries: ids at the edges of [A-Za-z0-9_-]{1,128} are
+// fetched; the characters just outside each range are refused.
+func TestRequestIDBoundaries(t *testing.T) {
+	for _, id := range []string{"a", "z", "A", "Z", "0", "9", "_", "-", "azAZ09_-", strings.Repeat("Z", 128)} {
+		t.Run("accepts "+id[:min(len(id), 10)], func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/route", requestBody(id))); resp.Code != http.StatusOK {
+				t.Fatalf("id %q: status %d, want 200", id, resp.Code)
+			}
+			rig.api.assertCalls(t, []apiCall{{Path: "/optimize/route/" + id, APIKey: testAPIKey}})
+		})
+	}
+	// Just before and after a-z, A-Z and 0-9 in ASCII; and one over 128.
+	for _, id := range []string{"`", "{", "@", "[", "/", ":", ".", "~", strings.Repeat("Z", 129)} {
+		t.Run("refuses "+id[:min(len(id), 10)], func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/route", []byte(`{"request_id":"`+id+`"}`)))
+			if resp.Code != http.StatusBadRequest || resp.Header().Get("webhook-delivery") != "abort-message" {
+				t.Fatalf("id %q: status %d, want 400 with abort-message", id, resp.Code)
+			}
+			rig.api.assertCalls(t, nil)
+		})
+	}
+}
+
+// TestSignatureHeaderBounds: an id of up to 256 bytes, and a signature
+// header of up to 1 KiB and 10 entries, are verified; one byte or entry
+// more is refused before verification.
+func TestSignatureHeaderBounds(t *testing.T) {
+	body := requestBody(testRequestID)
+	// padded signs with id; with entries > 1 it puts the valid signature
+	// last, after junk entries that make the header exactly size bytes.
+	padded := func(id string, entries, size int) *http.Request {
+		req := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, id, time.Now())
+		if entries == 1 {
+			return req
+		}
+		valid := req.Header.Get("svix-signature")
+		junk := strings.Repeat("v1,A ", entries-2) // each 5 bytes with its space
+		first := "v1," + strings.Repeat("A", size-len(valid)-len(junk)-len("v1, "))
+		header := first + " " + junk + valid
+		if len(header) != size || strings.Count(header, " ") != entries-1 {
+			t.Fatalf("header of %d bytes and %d entries, want %d and %d", len(header), strings.Count(header, " ")+1, size, entries)
+		}
+		req.Header.Set("svix-signature", header)
+		return req
+	}
+	for _, tc := range []struct {
+		name   string
+		req    *http.Request
+		status int
+	}{
+		{"id of 256 bytes", padded("msg_"+strings.Repeat("x", 252), 1, 0), http.StatusOK},
+		{"id of 257 bytes", padded("msg_"+strings.Repeat("x", 253), 1, 0), http.StatusUnauthorized},
+		{"10 entries in 1024 bytes", padded("msg_a", 10, 1024), http.StatusOK},
+		{"10 entries in 1025 bytes", padded("msg_b", 10, 1025), http.StatusUnauthorized},
+		{"11 entries", padded("msg_c", 11, 200), http.StatusUnauthorized},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			if resp := rig.deliver(tc.req); resp.Code != tc.status {
+				t.Fatalf("status %d, want %d\n%s", resp.Code, tc.status, rig.logs)
+			}
+		})
+	}
+}
+
+// summaryLine delivers a cluster result with these distances and returns
+// its summary log line, parsed from JSON.
+func summaryLine(t *testing.T, asis, optimal string) map[string]any {
+	t.Helper()
+	api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"request_id":%q,"site_name":"S","asis_distance":%s,"optimal_distance":%s,"optimal_clusters":[{}]}`,
+			testRequestID, asis, optimal)
+	}}
+	rig := buildRig(t, rigConfig{api: api, apiURL: "http://optipick.test", transport: handlerTransport{api},
+		secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"})
+	if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusOK {
+		t.Fatalf("status %d, want 200\n%s", resp.Code, rig.logs)
+	}
+	var line map[string]any
+	if err := json.Unmarshal([]byte(rig.logs.String()), &line); err != nil {
+		t.Fatalf("the summary is not one JSON line: %v\n%s", err, rig.logs)
+	}
+	return line
+}
+
+// TestSummaryLineValues: the saving is (as-is − optimal) / as-is in
+// percent, to one decimal; without a positive as-is distance there is
+// none, and the line stays valid JSON.
+func TestSummaryLineValues(t *testing.T) {
+	for _, tc := range []struct {
+		asis, optimal string
+		saving        any // nil: no saving_pct
+	}{
+		{"200", "150", 25.0},
+		{"300", "200", 33.3},
+		{"3", "1", 66.7},
+		{"100", "150", -50.0},
+		{"1000", "999.4", 0.1},
+		{"0", "0", nil},
+		{"0", "5", nil},
+		{"-100", "50", nil},
+		{"1e-320", "0", 100.0},
+	} {
+		t.Run(tc.asis+"→"+tc.optimal, func(t *testing.T) {
+			line := summaryLine(t, tc.asis, tc.optimal)
+			if got, ok := line["saving_pct"]; got != tc.saving || ok != (tc.saving != nil) {
+				t.Errorf("saving_pct = %v, want %v\n%v", got, tc.saving, line)
+			}
+			if line["clusters"] != 1.0 || line["site_name"] != "S" {
+				t.Errorf("summary line %v", line)
+			}
+		})
+	}
+}
+
+// TestClientHeadersAreLoggedSafely: an unverified svix-id is logged as it
+// is when it is printable ASCII, quoted otherwise, and cut at 128 bytes.
+func TestClientHeadersAreLoggedSafely(t *testing.T) {
+	for _, tc := range []struct{ id, logged string }{
+		{"msg_ ~", "msg_ ~"},
+		{"msg_\x1f", `"msg_\x1f"`},
+		{"msg_\x7f", `"msg_\x7f"`},
+		{"msg_é", `"msg_\u00e9"`},
+		{strings.Repeat("x", 200), strings.Repeat("x", 128)},
+		{strings.Repeat("x", 127) + "\x01", `"` + strings.Repeat("x", 127) + `\x01"`},
+		{strings.Repeat("x", 128) + "\x01", strings.Repeat("x", 128)},
+	} {
+		rig := buildRig(t, rigConfig{api: &fakeAPI{}, apiURL: "http://optipick.test", transport: handlerTransport{&fakeAPI{}},
+			secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"})
+		req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+		req.Header["Svix-Id"] = []string{tc.id}
+		if resp := rig.deliver(req); resp.Code != http.StatusUnauthorized {
+			t.Fatalf("svix-id %q: status %d, want 401", tc.id, resp.Code)
+		}
+		var line map[string]any
+		if err := json.Unmarshal([]byte(rig.logs.String()), &line); err != nil {
+			t.Fatal(err)
+		}
+		if line["svix_id"] != tc.logged {
+			t.Errorf("svix-id %q logged as %q, want %q", tc.id, line["svix_id"], tc.logged)
+		}
+	}
+}

@@ -12,11 +12,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -351,4 +353,122 @@ func merge(maps ...map[string]string) map[string]string {
 		}
 	}
 	return out
+}
+
+// bubbleServer is the service's http.Server, wired as run wires it (behind
+// a connLimitListener), over in-memory connections (net.Pipe), so that it
+// runs in a synctest bubble on the fake clock: its timeouts can be waited
+// out exactly and at once.
+type bubbleServer struct {
+	srv      *http.Server
+	incoming chan net.Conn // the kernel's accept queue
+	closed   chan struct{}
+	once     sync.Once
+
+	// Connections the server serves and has not closed (by itself or by
+	// shedding), now and at most.
+	open, peak atomic.Int32
+}
+
+func startBubbleServer(t *testing.T, handler http.Handler, maxConns int) *bubbleServer {
+	t.Helper()
+	s := &bubbleServer{incoming: make(chan net.Conn, 64), closed: make(chan struct{})}
+	listener := newConnLimitListener(s, maxConns)
+	s.srv = newHTTPServer(handler, slog.New(slog.DiscardHandler))
+	s.srv.ConnState = func(c net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			n := s.open.Add(1)
+			for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
+			}
+		}
+		listener.trackState(c, state)
+	}
+	s.srv.ConnContext = listener.connContext
+	go s.srv.Serve(listener)
+	t.Cleanup(func() { s.srv.Close() })
+	return s
+}
+
+// The net.Listener under the connLimitListener.
+func (s *bubbleServer) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.incoming:
+		return c, nil
+	case <-s.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (s *bubbleServer) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return nil
+}
+
+func (s *bubbleServer) Addr() net.Addr { return pipeAddr{} }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+// dial opens a client connection; it returns before the server accepts it.
+func (s *bubbleServer) dial(t *testing.T) net.Conn {
+	t.Helper()
+	server, client := net.Pipe()
+	s.incoming <- &countedConn{Conn: server, open: &s.open}
+	t.Cleanup(func() { client.Close() })
+	return client
+}
+
+// countedConn counts itself out of open when it is first closed.
+type countedConn struct {
+	net.Conn
+	open *atomic.Int32
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// send writes a request on conn and reads its response.
+func send(conn net.Conn, request string) (*http.Response, error) {
+	if _, err := io.WriteString(conn, request); err != nil {
+		return nil, err
+	}
+	return readResponse(conn)
+}
+
+// readResponse reads one whole response from conn.
+func readResponse(conn net.Conn) (*http.Response, error) {
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	return resp, err
+}
+
+const getHealthz = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+// runBriefly starts the service with env and stops it at once, as a
+// SIGTERM right after start would: run checks the configuration, listens,
+// logs and drains. PORT defaults to 0 (a free port). It returns what run
+// returned and what it logged. run has a deadline, so that it cannot hang.
+func runBriefly(t *testing.T, env map[string]string, args ...string) (logs string, err error) {
+	t.Helper()
+	env = merge(map[string]string{"PORT": "0"}, env)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	if len(args) == 0 {
+		cancel() // a stop signal that is already there
+	}
+	defer cancel()
+	var stdout, stderr syncBuffer
+	err = run(ctx, append([]string{"optipick-webhooks"}, args...), getenvFrom(env), &stdout, &stderr)
+	if stderr.String() != "" && err == nil {
+		t.Errorf("wrote to stderr: %q", stderr.String())
+	}
+	return stdout.String(), err
 }

@@ -239,7 +239,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, &apiError{
 			Status:     resp.StatusCode,
-			URL:        target,
+			URL:        target, // redacted with the whole error, by fetch
 			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 			Excerpt:    c.excerpt(head),
 		}
@@ -575,7 +575,7 @@ func excerptString(s string, max int) string {
 // apiError is an API answer other than 200.
 type apiError struct {
 	Status     int
-	URL        string        // what was fetched (never holds the key)
+	URL        string        // what was fetched (never holds the key or a password)
 	RetryAfter time.Duration // 0 when the API did not say
 	Excerpt    string        // the start of the answer's body, made safe to log
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -86,24 +87,23 @@ func TestFetchRetries(t *testing.T) {
 }
 
 func TestFetchRetriesNetworkErrors(t *testing.T) {
-	api := &fakeAPI{}
-	server := httptest.NewServer(api)
-	defer server.Close()
-	base, _ := url.Parse(server.URL)
-	var calls atomic.Int32
-	client := newOptiPickClient(base, testAPIKey, true, roundTripFunc(func(req *http.Request) (*http.Response, error) {
-		if calls.Add(1) == 1 {
-			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		base, _ := url.Parse("http://optipick.test")
+		client := newOptiPickClient(base, testAPIKey, true, roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			if calls.Add(1) == 1 {
+				return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+			}
+			return handlerTransport{&fakeAPI{}}.RoundTrip(req)
+		}))
+		result, err := client.fetch(t.Context(), "route", testRequestID)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return http.DefaultTransport.RoundTrip(req)
-	}))
-	result, err := client.fetch(t.Context(), "route", testRequestID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if result.Picks != 3 || calls.Load() != 2 {
-		t.Errorf("picks = %d, calls = %d; want 3 picks after 2 calls", result.Picks, calls.Load())
-	}
+		if result.Picks != 3 || calls.Load() != 2 {
+			t.Errorf("picks = %d, calls = %d; want 3 picks after 2 calls", result.Picks, calls.Load())
+		}
+	})
 }
 
 func TestFetchStopsWhenTheDeadlinePasses(t *testing.T) {
@@ -246,23 +246,6 @@ func TestResultDecodingIsLenient(t *testing.T) {
 	}
 }
 
-func TestOversizedResultIsRefused(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
-			// Many small tokens: only the total is over the cap.
-			io.WriteString(w, `{"request_id":"`+testRequestID+`","picks":[`)
-			for written := 0; written <= maxResultBytes; written += len(`{},`) {
-				io.WriteString(w, `{},`)
-			}
-			io.WriteString(w, `{}]}`)
-		})
-		_, err := client.fetch(t.Context(), "cluster", testRequestID)
-		if err == nil || !strings.Contains(err.Error(), "more than") {
-			t.Fatalf("fetch: %v, want a size error", err)
-		}
-	})
-}
-
 func TestAPIErrorMessages(t *testing.T) {
 	for status, want := range map[int]string{
 		401: "the API key was rejected",
@@ -279,4 +262,168 @@ func TestAPIErrorMessages(t *testing.T) {
 	if got, want := excerptString(strings.Repeat("é", 200), 255), strings.Repeat("é", 127)+"\uFFFD"; got != want {
 		t.Errorf("excerpt = %q, want %q", got, want)
 	}
+}
+
+// TestRetriesOnlyWhatFitsBeforeTheDeadline: a retry is made only if its
+// wait leaves more than a second for the call; otherwise the last answer
+// is returned at once, not after the deadline.
+func TestRetriesOnlyWhatFitsBeforeTheDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		left       time.Duration // before the deadline, at the first call
+		status     int
+		retryAfter string
+		wantCalls  int
+		wantStatus int // of a delivery that ends so
+	}{
+		// The first backoff is at most 200 ms: it does not fit in 1.1 s.
+		{"backoff that does not fit", 1100 * time.Millisecond, 500, "", 1, http.StatusBadGateway},
+		{"backoff that fits", 1300 * time.Millisecond, 500, "", 2, http.StatusBadGateway},
+		{"Retry-After leaving exactly 1 s", 3 * time.Second, 429, "2", 1, http.StatusServiceUnavailable},
+		{"Retry-After leaving over 1 s", 3*time.Second + time.Millisecond, 429, "2", 2, http.StatusServiceUnavailable},
+		{"Retry-After on a 503 leaving exactly 1 s", 3 * time.Second, 503, "2", 1, http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var calls atomic.Int32
+				client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+					calls.Add(1)
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					w.WriteHeader(tc.status)
+				})
+				ctx, cancel := context.WithTimeout(t.Context(), tc.left)
+				defer cancel()
+				start := time.Now()
+				_, err := client.fetch(ctx, "cluster", testRequestID)
+				if err == nil {
+					t.Fatal("fetch succeeded")
+				}
+				if got := int(calls.Load()); got != tc.wantCalls {
+					t.Errorf("API called %d times, want %d (%v)", got, tc.wantCalls, err)
+				}
+				if tc.wantCalls == 1 && time.Since(start) != 0 {
+					t.Errorf("returned after %v, want at once: there was no time to retry", time.Since(start))
+				}
+				if errors.Is(err, context.DeadlineExceeded) && tc.wantCalls == 1 {
+					t.Errorf("fetch: %v, want the API's answer, not the deadline", err)
+				}
+				if got := statusFor(err); got != tc.wantStatus {
+					t.Errorf("a delivery would be answered %d, want %d (%v)", got, tc.wantStatus, err)
+				}
+			})
+		})
+	}
+}
+
+// TestErrorAnswersLeaveTheConnectionReusable: the body of an error answer
+// is read to its end (up to 64 KiB), so the next call reuses the
+// connection instead of opening another.
+func TestErrorAnswersLeaveTheConnectionReusable(t *testing.T) {
+	var conns atomic.Int32
+	var calls atomic.Int32
+	server := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, strings.Repeat("not found ", 3000)) // 30 KB
+			return
+		}
+		writeClusterResult(w, testRequestID)
+	}))
+	server.Config.ConnState = func(c net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	server.Start()
+	defer server.Close()
+	base, _ := url.Parse(server.URL)
+	client := newOptiPickClient(base, testAPIKey, false, nil) // the service's own transport
+	if _, err := client.fetch(t.Context(), "cluster", testRequestID); err == nil {
+		t.Fatal("first fetch succeeded, want the 404")
+	}
+	if _, err := client.fetch(t.Context(), "cluster", testRequestID); err != nil {
+		t.Fatal(err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("two calls used %d connections, want 1", n)
+	}
+}
+
+// TestResultSizeCap: a result of exactly maxResultBytes is read; one byte
+// more is refused.
+func TestResultSizeCap(t *testing.T) {
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{maxResultBytes, true}, {maxResultBytes + 1, false}} {
+		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				base, _ := url.Parse("http://optipick.test")
+				client := newOptiPickClient(base, testAPIKey, false, handlerTransport{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					// Many small tokens (no single one may exceed maxTokenBytes).
+					head, tail := `{"request_id":"`+testRequestID+`","site_name":"Big","pad":[`, `0]}`
+					io.WriteString(w, head)
+					rest := tc.size - len(head) - len(tail)
+					if rest%2 == 1 {
+						io.WriteString(w, " ")
+						rest--
+					}
+					io.Copy(w, io.LimitReader(&repeatReader{s: "0,"}, int64(rest)))
+					io.WriteString(w, tail)
+				})})
+				result, err := client.fetch(t.Context(), "cluster", testRequestID)
+				if tc.ok && (err != nil || result.SiteName != "Big") {
+					t.Fatalf("a result of %d bytes: %v", tc.size, err)
+				}
+				if !tc.ok && (err == nil || !strings.Contains(err.Error(), "more than")) {
+					t.Fatalf("a result of %d bytes: %v, want a size error", tc.size, err)
+				}
+			})
+		})
+	}
+}
+
+// TestFetchStopsWaitingWhenTheDeliveryEnds: a delivery whose sender went
+// away during a backoff stops at once, with both reasons.
+func TestFetchStopsWaitingWhenTheDeliveryEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(50*time.Millisecond, cancel) // the first backoff is at least 100 ms
+		start := time.Now()
+		_, err := client.fetch(ctx, "cluster", testRequestID)
+		if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "503") {
+			t.Fatalf("fetch: %v, want context.Canceled after the 503", err)
+		}
+		if took := time.Since(start); took != 50*time.Millisecond || calls.Load() != 1 {
+			t.Errorf("returned after %v and %d calls, want at the cancel, after 1", took, calls.Load())
+		}
+	})
+}
+
+func TestFetchRefusesAnUnknownKind(t *testing.T) {
+	client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) { t.Error("the API was called") })
+	if _, err := client.fetch(t.Context(), "pallet", testRequestID); err == nil || !strings.Contains(err.Error(), `unknown optimization kind "pallet"`) {
+		t.Fatalf("fetch of kind pallet: %v", err)
+	}
+}
+
+// repeatReader reads as s repeated without end.
+type repeatReader struct {
+	s   string
+	off int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = r.s[r.off%len(r.s)]
+		r.off++
+	}
+	return len(p), nil
 }

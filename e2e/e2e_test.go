@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"math"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -255,5 +257,62 @@ func TestVersionIsPrinted(t *testing.T) {
 	help, err := exec.Command(receiverBinary(t), "-h").CombinedOutput()
 	if err != nil || !strings.Contains(string(help), "WEBHOOK_SECRET") || !strings.Contains(string(help), "METRICS_ADDR") {
 		t.Errorf("-h: %v, want exit 0 and the variables:\n%s", err, help)
+	}
+}
+
+// TestHungAPICallsAreCutAtTheTransportLimits: an API call that hangs is
+// given up after the transport's limit, leaving the delivery's 10 s for
+// another call: response headers after 5 s (so two calls, then 504 at
+// the deadline), a TLS handshake after 3 s (so three calls, then 502, as
+// no fourth fits). Without these limits one hung call would take the whole
+// deadline. Real time: about 10 s, both at once.
+func TestHungAPICallsAreCutAtTheTransportLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		api       func(t *testing.T, accepted *atomic.Int32) string // its URL
+		wantCalls func(n int32) bool
+		want      string
+		wantCode  int
+	}{
+		{"response headers", func(t *testing.T, accepted *atomic.Int32) string {
+			server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				accepted.Add(1)
+				<-r.Context().Done()
+			}))
+			t.Cleanup(server.Close)
+			return server.URL
+		}, func(n int32) bool { return n == 2 }, "2 calls", http.StatusGatewayTimeout},
+		{"TLS handshake", func(t *testing.T, accepted *atomic.Int32) string {
+			listener, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var conns sync.WaitGroup
+			t.Cleanup(func() { listener.Close(); conns.Wait() })
+			go func() {
+				for {
+					conn, err := listener.Accept()
+					if err != nil {
+						return
+					}
+					accepted.Add(1)
+					conns.Go(func() { io.Copy(io.Discard, conn); conn.Close() }) // never answers
+				}
+			}()
+			return "https://" + listener.Addr().String()
+		}, func(n int32) bool { return n >= 3 }, "3 calls or more", http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var accepted atomic.Int32
+			p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(testSecret, testAPIKey, tc.api(t, &accepted)))
+			resp := p.post(t, delivery(t, testSecret, "/webhook/cluster", bodyFor("674f5c1e2b8a4d0012ab34cd")))
+			if resp.StatusCode != tc.wantCode {
+				t.Errorf("status %d, want %d", resp.StatusCode, tc.wantCode)
+			}
+			if n := accepted.Load(); !tc.wantCalls(n) {
+				t.Errorf("the hung API got %d calls, want %s", n, tc.want)
+			}
+		})
 	}
 }

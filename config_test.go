@@ -1,0 +1,205 @@
+package main
+
+// Configuration as an operator sets it: environment variables, checked at
+// start; and the -healthcheck mode.
+
+import (
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+var validEnv = map[string]string{"WEBHOOK_SECRET": testSecret, "OPTIPICK_API_KEY": testAPIKey}
+
+func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		env      map[string]string
+		variable string
+		says     string // the error says this too
+	}{
+		{"no secret", map[string]string{"WEBHOOK_SECRET": ""}, "WEBHOOK_SECRET", "required"},
+		{"only separators", map[string]string{"WEBHOOK_SECRET": " , ,"}, "WEBHOOK_SECRET", "required"},
+		{"bare whsec_", map[string]string{"WEBHOOK_SECRET": "whsec_"}, "WEBHOOK_SECRET", "secret 1 of 1 is not whsec_ followed by standard base64"},
+		{"bad base64", map[string]string{"WEBHOOK_SECRET": "whsec_s3cr3t!value"}, "WEBHOOK_SECRET", "secret 1 of 1 is not"},
+		{"no whsec_ prefix", map[string]string{"WEBHOOK_SECRET": "c2VjcmV0IHZhbHVlIGhlcmU="}, "WEBHOOK_SECRET", "secret 1 of 1 does not start with whsec_"},
+		{"second secret bad", map[string]string{"WEBHOOK_SECRET": testSecret + ",whsec_s3cr3t!value"}, "WEBHOOK_SECRET", "secret 2 of 2 is not"},
+		{"third secret without prefix", map[string]string{"WEBHOOK_SECRET": testSecret + " " + secondSecret + " s3cr3t"}, "WEBHOOK_SECRET", "secret 3 of 3 does not start"},
+		{"a quote in the second of three", map[string]string{"WEBHOOK_SECRET": testSecret + ` "` + secondSecret + `" ` + testSecret}, "WEBHOOK_SECRET", "secret 2 of 3 holds # or a quote"},
+		{"a comment", map[string]string{"WEBHOOK_SECRET": testSecret + " #s3cr3t"}, "WEBHOOK_SECRET", "secret 2 of 2 holds # or a quote"},
+		{"no API key", map[string]string{"OPTIPICK_API_KEY": ""}, "OPTIPICK_API_KEY", "required"},
+		{"API key of spaces", map[string]string{"OPTIPICK_API_KEY": " \t "}, "OPTIPICK_API_KEY", "required"},
+		{"API key of two lines", map[string]string{"OPTIPICK_API_KEY": "k3y-one\nk3y-two"}, "OPTIPICK_API_KEY", "single line"},
+		{"API key with a CR", map[string]string{"OPTIPICK_API_KEY": "k3y-one\rk3y-two"}, "OPTIPICK_API_KEY", "single line"},
+		{"unparseable URL", map[string]string{"OPTIPICK_API_URL": "http://h0st:port:x"}, "OPTIPICK_API_URL", "absolute http(s) URL"},
+		{"relative URL", map[string]string{"OPTIPICK_API_URL": "optipick.example"}, "OPTIPICK_API_URL", "absolute"},
+		{"ftp URL", map[string]string{"OPTIPICK_API_URL": "ftp://optipick.example"}, "OPTIPICK_API_URL", "absolute"},
+		{"URL without host", map[string]string{"OPTIPICK_API_URL": "https:///latest"}, "OPTIPICK_API_URL", "absolute"},
+		{"URL with query", map[string]string{"OPTIPICK_API_URL": "https://optipick.example/?k3y=1"}, "OPTIPICK_API_URL", "without query"},
+		{"URL with fragment", map[string]string{"OPTIPICK_API_URL": "https://optipick.example/#k3y"}, "OPTIPICK_API_URL", "without query or fragment"},
+		{"port not a number", map[string]string{"PORT": "http"}, "PORT", "0 to 65535"},
+		{"port too large", map[string]string{"PORT": "65536"}, "PORT", "0 to 65535"},
+		{"negative port", map[string]string{"PORT": "-1"}, "PORT", "0 to 65535"},
+		{"log level", map[string]string{"LOG_LEVEL": "verbose"}, "LOG_LEVEL", "debug, info, warn or error"},
+		{"log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT", "text or json"},
+		{"dedupe window", map[string]string{"DEDUPE_WINDOW": "forever"}, "DEDUPE_WINDOW", "duration"},
+		{"dedupe window without unit", map[string]string{"DEDUPE_WINDOW": "10"}, "DEDUPE_WINDOW", "duration"},
+		{"negative dedupe window", map[string]string{"DEDUPE_WINDOW": "-1h"}, "DEDUPE_WINDOW", "duration"},
+		{"negative dedupe window of 1ns", map[string]string{"DEDUPE_WINDOW": "-1ns"}, "DEDUPE_WINDOW", "duration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs, err := runBriefly(t, merge(validEnv, tc.env))
+			if err == nil {
+				t.Fatal("run started, want a startup error")
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, tc.variable+":") || !strings.Contains(msg, tc.says) {
+				t.Errorf("error %q does not start with %s: or lacks %q", msg, tc.variable, tc.says)
+			}
+			if value := tc.env[tc.variable]; len(strings.TrimSpace(value)) > len("whsec_") && strings.Contains(msg, value) ||
+				strings.Contains(msg, "s3cr3t") || strings.Contains(msg, "k3y") || strings.Contains(msg, "h0st") ||
+				strings.Contains(msg, strings.TrimPrefix(secondSecret, "whsec_")) {
+				t.Errorf("error %q repeats the value", msg)
+			}
+			if strings.Count(msg, "\n") > 0 {
+				t.Errorf("error %q is more than one line", msg)
+			}
+			if logs != "" {
+				t.Errorf("logged before failing: %q", logs)
+			}
+		})
+	}
+}
+
+// TestValidConfigurationsStart: values at the edges of what is allowed,
+// and with the spaces and capitals that .env files and dashboards add.
+func TestValidConfigurationsStart(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		logs string // the "listening" line holds this
+	}{
+		{"defaults", nil, "api_url=" + defaultAPIURL},
+		{"secrets separated by commas, spaces, tabs and newlines", map[string]string{"WEBHOOK_SECRET": " ," + testSecret + ",\t" + secondSecret + "\r\n"}, "secrets=2"},
+		{"as many secrets as allowed", map[string]string{"WEBHOOK_SECRET": strings.Repeat(testSecret+",", maxSecrets)}, "secrets=8"},
+		{"key with spaces around it", map[string]string{"OPTIPICK_API_KEY": "  " + testAPIKey + "\n"}, "secrets=1"},
+		{"URL with spaces and a stage path", map[string]string{"OPTIPICK_API_URL": " https://gw.example/latest/ "}, "api_url=https://gw.example/latest/"},
+		{"port with spaces", map[string]string{"PORT": " 0 "}, "listening"},
+		{"dedupe window off", map[string]string{"DEDUPE_WINDOW": "0"}, "dedupe_window=0s"},
+		{"dedupe window with spaces", map[string]string{"DEDUPE_WINDOW": " 90m "}, "dedupe_window=1h30m0s"},
+		{"default dedupe window", nil, "dedupe_window=24h0m0s"},
+		{"log level info", map[string]string{"LOG_LEVEL": "info"}, "level=INFO"},
+		{"log level DEBUG", map[string]string{"LOG_LEVEL": " DEBUG "}, "level=INFO"},
+		{"log format TEXT", map[string]string{"LOG_FORMAT": " TEXT "}, "level=INFO msg=listening"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logs, err := runBriefly(t, merge(validEnv, tc.env))
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			listening, _, _ := strings.Cut(logs, "\n")
+			if !strings.Contains(listening, tc.logs) || !strings.Contains(logs, "msg=stopped") {
+				t.Errorf("logs lack %q on the listening line, or the stop:\n%s", tc.logs, logs)
+			}
+			assertNoSecrets(t, logs)
+		})
+	}
+}
+
+// TestLogLevelAndFormat: each level writes what is at or above it; json
+// writes JSON lines.
+func TestLogLevelAndFormat(t *testing.T) {
+	for _, tc := range []struct {
+		level, format string
+		wantLines     bool // the info lines: listening, shutting down, stopped
+	}{
+		{"", "", true},
+		{"debug", "json", true},
+		{"Warn", "", false},
+		{"error", "JSON", false},
+	} {
+		t.Run(tc.level+"/"+tc.format, func(t *testing.T) {
+			logs, err := runBriefly(t, merge(validEnv, map[string]string{"LOG_LEVEL": tc.level, "LOG_FORMAT": tc.format}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Count(logs, "\n"); got > 0 != tc.wantLines {
+				t.Fatalf("%d lines at LOG_LEVEL=%q:\n%s", got, tc.level, logs)
+			}
+			if strings.EqualFold(tc.format, "json") {
+				for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+					if line != "" && !json.Valid([]byte(line)) {
+						t.Errorf("LOG_FORMAT=%s wrote %q", tc.format, line)
+					}
+				}
+			} else if tc.wantLines && !strings.HasPrefix(logs, "time=") {
+				t.Errorf("LOG_FORMAT=%q wrote %q, want text", tc.format, logs)
+			}
+		})
+	}
+}
+
+// TestTheHighestPortIsAccepted: PORT=65535 is a port (it may be taken
+// here; then listening fails, not the check).
+func TestTheHighestPortIsAccepted(t *testing.T) {
+	logs, err := runBriefly(t, merge(validEnv, map[string]string{"PORT": "65535"}))
+	if err != nil && !strings.HasPrefix(err.Error(), "PORT: cannot listen") {
+		t.Fatalf("PORT=65535: %v", err)
+	}
+	if err == nil && !strings.Contains(logs, ":65535") {
+		t.Errorf("the listening line lacks the port:\n%s", logs)
+	}
+}
+
+// TestHealthcheck: -healthcheck exits 0 only if /healthz on PORT answers 200.
+func TestHealthcheck(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		ok     bool
+	}{{200, true}, {204, false}, {301, false}, {404, false}, {503, false}} {
+		t.Run(http.StatusText(tc.status), func(t *testing.T) {
+			server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/healthz" || r.Method != http.MethodGet {
+					http.NotFound(w, r)
+					return
+				}
+				if tc.status == http.StatusMovedPermanently {
+					http.Redirect(w, r, "/elsewhere", tc.status)
+					return
+				}
+				w.WriteHeader(tc.status)
+			}))
+			defer server.Close()
+			_, port, _ := net.SplitHostPort(server.Listener.Addr().String())
+			_, err := runBriefly(t, map[string]string{"PORT": " " + port + " "}, "-healthcheck")
+			if (err == nil) != tc.ok {
+				t.Errorf("/healthz answering %d: -healthcheck returned %v, want ok=%v", tc.status, err, tc.ok)
+			}
+		})
+	}
+	t.Run("nothing listening", func(t *testing.T) {
+		listener, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(listener.Addr().String())
+		listener.Close()
+		if _, err := runBriefly(t, map[string]string{"PORT": port}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "healthcheck:") {
+			t.Errorf("-healthcheck with nothing on PORT: %v, want a healthcheck error", err)
+		}
+	})
+	t.Run("PORT not a port", func(t *testing.T) {
+		if _, err := runBriefly(t, map[string]string{"PORT": "x:y"}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "PORT:") {
+			t.Errorf("-healthcheck with PORT=x:y: %v, want a PORT error", err)
+		}
+	})
+}
+
+func TestUnknownFlagIsAUsageError(t *testing.T) {
+	if _, err := runBriefly(t, validEnv, "-verbose"); err == nil || !strings.Contains(err.Error(), "verbose") {
+		t.Fatalf("run -verbose: %v, want a usage error", err)
+	}
+}
