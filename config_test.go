@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -21,7 +22,7 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 		variable string
 		says     string // the error says this too
 	}{
-		{"no secret", map[string]string{"WEBHOOK_SECRET": ""}, "WEBHOOK_SECRET", "required"},
+		{"no secret", map[string]string{"WEBHOOK_SECRET": ""}, "WEBHOOK_SECRET", "required: the endpoint's signing secret (whsec_...) from the OptiPick dashboard (no .env here? cp .env.example .env and fill it in)"},
 		{"only separators", map[string]string{"WEBHOOK_SECRET": " , ,"}, "WEBHOOK_SECRET", "required"},
 		{"bare whsec_", map[string]string{"WEBHOOK_SECRET": "whsec_"}, "WEBHOOK_SECRET", "secret 1 of 1 is not whsec_ followed by standard base64"},
 		{"bad base64", map[string]string{"WEBHOOK_SECRET": "whsec_s3cr3t!value"}, "WEBHOOK_SECRET", "secret 1 of 1 is not"},
@@ -30,7 +31,7 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 		{"third secret without prefix", map[string]string{"WEBHOOK_SECRET": testSecret + " " + secondSecret + " s3cr3t"}, "WEBHOOK_SECRET", "secret 3 of 3 does not start"},
 		{"a quote in the second of three", map[string]string{"WEBHOOK_SECRET": testSecret + ` "` + secondSecret + `" ` + testSecret}, "WEBHOOK_SECRET", "secret 2 of 3 holds # or a quote"},
 		{"a comment", map[string]string{"WEBHOOK_SECRET": testSecret + " #s3cr3t"}, "WEBHOOK_SECRET", "secret 2 of 2 holds # or a quote"},
-		{"no API key", map[string]string{"OPTIPICK_API_KEY": ""}, "OPTIPICK_API_KEY", "required"},
+		{"no API key", map[string]string{"OPTIPICK_API_KEY": ""}, "OPTIPICK_API_KEY", "cp .env.example .env"},
 		{"API key of spaces", map[string]string{"OPTIPICK_API_KEY": " \t "}, "OPTIPICK_API_KEY", "required"},
 		{"API key of two lines", map[string]string{"OPTIPICK_API_KEY": "k3y-one\nk3y-two"}, "OPTIPICK_API_KEY", "single line"},
 		{"API key with a CR", map[string]string{"OPTIPICK_API_KEY": "k3y-one\rk3y-two"}, "OPTIPICK_API_KEY", "single line"},
@@ -49,6 +50,11 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 		{"dedupe window without unit", map[string]string{"DEDUPE_WINDOW": "10"}, "DEDUPE_WINDOW", "duration"},
 		{"negative dedupe window", map[string]string{"DEDUPE_WINDOW": "-1h"}, "DEDUPE_WINDOW", "duration"},
 		{"negative dedupe window of 1ns", map[string]string{"DEDUPE_WINDOW": "-1ns"}, "DEDUPE_WINDOW", "duration"},
+		{"metrics address without port", map[string]string{"METRICS_ADDR": "localhost"}, "METRICS_ADDR", "host:port or :port"},
+		{"metrics address with an empty port", map[string]string{"METRICS_ADDR": "localhost:"}, "METRICS_ADDR", "host:port"},
+		{"shutdown delay not a duration", map[string]string{"SHUTDOWN_DELAY": "soon"}, "SHUTDOWN_DELAY", "0s to 1m"},
+		{"negative shutdown delay", map[string]string{"SHUTDOWN_DELAY": "-1ns"}, "SHUTDOWN_DELAY", "0s to 1m"},
+		{"shutdown delay over a minute", map[string]string{"SHUTDOWN_DELAY": "1m0.001s"}, "SHUTDOWN_DELAY", "0s to 1m"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			logs, err := runBriefly(t, merge(validEnv, tc.env))
@@ -70,7 +76,29 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 			if logs != "" {
 				t.Errorf("logged before failing: %q", logs)
 			}
+			// The hint is for a missing secret only, not for a wrong one.
+			missing := strings.TrimSpace(tc.env[tc.variable]) == "" && (tc.variable == "WEBHOOK_SECRET" || tc.variable == "OPTIPICK_API_KEY")
+			if hint := strings.Contains(msg, "cp .env.example"); hint != missing {
+				t.Errorf("error %q: hint to copy .env.example is %v", msg, hint)
+			}
 		})
+	}
+}
+
+// TestShutdownDelayBounds: 0s and 1m are allowed; only a delay logs its
+// readiness step.
+func TestShutdownDelayBounds(t *testing.T) {
+	for delay, logged := range map[string]bool{"": false, "0s": false, "1ns": true} {
+		logs, err := runBriefly(t, merge(validEnv, map[string]string{"SHUTDOWN_DELAY": delay}))
+		if err != nil {
+			t.Fatalf("SHUTDOWN_DELAY=%q: %v", delay, err)
+		}
+		if got := strings.Contains(logs, "/readyz answers 503 while load balancers catch up"); got != logged {
+			t.Errorf("SHUTDOWN_DELAY=%q: readiness step logged %v, want %v\n%s", delay, got, logged, logs)
+		}
+	}
+	if _, err := loadConfig(getenvFrom(merge(validEnv, map[string]string{"SHUTDOWN_DELAY": "1m"}))); err != nil {
+		t.Errorf("SHUTDOWN_DELAY=1m: %v", err)
 	}
 }
 
@@ -201,5 +229,36 @@ func TestHealthcheck(t *testing.T) {
 func TestUnknownFlagIsAUsageError(t *testing.T) {
 	if _, err := runBriefly(t, validEnv, "-verbose"); err == nil || !strings.Contains(err.Error(), "verbose") {
 		t.Fatalf("run -verbose: %v, want a usage error", err)
+	}
+}
+
+func TestVersionOf(t *testing.T) {
+	info := func(version string, settings ...string) *debug.BuildInfo {
+		bi := &debug.BuildInfo{Main: debug.Module{Version: version}}
+		for i := 0; i+1 < len(settings); i += 2 {
+			bi.Settings = append(bi.Settings, debug.BuildSetting{Key: settings[i], Value: settings[i+1]})
+		}
+		return bi
+	}
+	for _, tc := range []struct {
+		version string
+		info    *debug.BuildInfo
+		ok      bool
+		want    string
+	}{
+		{"", nil, false, "unknown"},
+		{"v1.2.3", nil, false, "v1.2.3"},
+		{"", info("(devel)"), true, "(devel)"},
+		{"", info("v0.4.0"), true, "v0.4.0"},
+		{"v1.2.3", info("(devel)"), true, "v1.2.3"},
+		{"", info("(devel)", "vcs.revision", "1a2b3c4d5e6f7a8b9c0d"), true, "(devel) (1a2b3c4d5e6f)"},
+		{"", info("(devel)", "vcs.revision", "1a2b3c4d5e6f7a8b9c0d", "vcs.modified", "true"), true, "(devel) (1a2b3c4d5e6f-dirty)"},
+		{"", info("(devel)", "vcs.revision", "1a2b3c4d5e6f7a8b9c0d", "vcs.modified", "false"), true, "(devel) (1a2b3c4d5e6f)"},
+		{"v1.2.0-3-g1a2b3c4", info("(devel)", "vcs.revision", "1a2b3c4d5e6f7a8b9c0d"), true, "v1.2.0-3-g1a2b3c4"},
+		{"", info("(devel)", "vcs.revision", "abc"), true, "(devel) (abc)"},
+	} {
+		if got := versionOf(tc.version, tc.info, tc.ok); got != tc.want {
+			t.Errorf("versionOf(%q, %v) = %q, want %q", tc.version, tc.info, got, tc.want)
+		}
 	}
 }

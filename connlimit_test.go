@@ -218,3 +218,24 @@ func TestShutdownReleasesWaitingClients(t *testing.T) {
 		close(release)
 	})
 }
+
+// TestSilentConnectionsAreShed: connections that were accepted but send
+// nothing are shed for a newcomer once shedAfter old, long before the
+// server's own header timeout would close them.
+func TestSilentConnectionsAreShed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const max = 2
+		s := startBubbleServer(t, limitTestMux(nil), max)
+		for range max {
+			s.dial(t) // and silence
+		}
+		synctest.Wait()
+		start := time.Now()
+		if resp, err := send(s.dial(t), getHealthz); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("newcomer: %v %v", resp, err)
+		}
+		if waited := time.Since(start); waited > 2*shedAfter {
+			t.Errorf("newcomer waited %v for silent connections (ReadHeaderTimeout is %v)", waited, s.srv.ReadHeaderTimeout)
+		}
+	})
+}

@@ -200,14 +200,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 // buildVersion is the version set at build time, else the module's, with
 // the VCS revision the binary was built from when Go recorded it.
 func buildVersion() string {
-	v := version
 	info, ok := debug.ReadBuildInfo()
+	return versionOf(version, info, ok)
+}
+
+func versionOf(v string, info *debug.BuildInfo, ok bool) string {
 	if !ok {
 		return cmp.Or(v, "unknown")
 	}
-	if v == "" {
-		v = info.Main.Version
-	}
+	v = cmp.Or(v, info.Main.Version)
 	var revision, modified string
 	for _, s := range info.Settings {
 		switch s.Key {
@@ -219,6 +220,7 @@ func buildVersion() string {
 			}
 		}
 	}
+	// git describe's versions name the revision already: v1.2.0-3-g1a2b3c4.
 	if revision != "" && !strings.Contains(v, revision[:min(7, len(revision))]) {
 		v += " (" + revision + modified + ")"
 	}

@@ -97,9 +97,9 @@ func (m *serviceMetrics) apiCall(status int, took time.Duration) {
 	if m == nil {
 		return
 	}
-	class := "error"
-	if status >= 200 && status < 600 {
-		class = apiStatusClasses[status/100-2]
+	class, ok := map[int]string{2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}[status/100]
+	if !ok {
+		class = "error"
 	}
 	m.apiCalls[class].Update(took.Seconds())
 }

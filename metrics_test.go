@@ -195,3 +195,20 @@ func TestReadinessFollowsTheDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAPICallsAreCountedByStatusClass: every status lands in its class;
+// no answer, or one outside 200-599, is an error.
+func TestAPICallsAreCountedByStatusClass(t *testing.T) {
+	m := newServiceMetrics("test", func() int { return 0 })
+	for _, status := range []int{0, 199, 200, 299, 302, 404, 500, 599, 600} {
+		m.apiCall(status, time.Millisecond)
+	}
+	server := httptest.NewServer(m.handler())
+	defer server.Close()
+	got := scrape(t, server.URL+"/metrics")
+	for class, want := range map[string]string{"2xx": "2", "3xx": "1", "4xx": "1", "5xx": "2", "error": "3"} {
+		if name := `optipick_webhooks_api_request_duration_seconds_count{status_class="` + class + `"}`; got[name] != want {
+			t.Errorf("%s = %q, want %q", name, got[name], want)
+		}
+	}
+}

@@ -482,14 +482,16 @@ func (g *tokenGuard) Read(p []byte) (int, error) {
 			g.run += 2 // the backslash and this byte
 		case g.inString:
 			// Jump to the next quote or backslash.
-			j := bytes.IndexAny(p[i:n], `"\`)
+			j := bytes.IndexAny(p[i:n], `"\\`)
 			if j < 0 {
-				g.run += n - i
-				i = n
+				j = n - i
+			}
+			if g.run += j; g.run > maxTokenBytes {
+				return 0, errTokenTooLong
+			}
+			if i += j; i == n {
 				break
 			}
-			g.run += j
-			i += j
 			if p[i] == '"' {
 				g.inString, g.run = false, 0
 			} else {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"testing/synctest"
 	"time"
 )
@@ -426,4 +427,68 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 		r.off++
 	}
 	return len(p), nil
+}
+
+// TestTokenGuard: a token of exactly maxTokenBytes passes, one byte more
+// fails, whether it is a string (with escapes) or a number, and however the
+// text arrives in reads; many small tokens pass whatever their total.
+func TestTokenGuard(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("a", n) }
+	for _, tc := range []struct {
+		name, text string
+		ok         bool
+	}{
+		{"string at the cap", `{"a":"` + long(maxTokenBytes) + `"}`, true},
+		{"string over the cap", `{"a":"` + long(maxTokenBytes+1) + `"}`, false},
+		{"escapes count", `{"a":"` + strings.Repeat(`\n`, maxTokenBytes/2+1) + `"}`, false},
+		{"escaped quotes do not end it", `{"a":"` + strings.Repeat(`\"`, maxTokenBytes/2+1) + `"}`, false},
+		{"number over the cap", `{"a":1` + strings.Repeat("0", maxTokenBytes) + `}`, false},
+		{"white space over the cap", `{"a":` + strings.Repeat(" ", maxTokenBytes+1) + `1}`, false},
+		{"many small strings", `[` + strings.Repeat(`"`+long(1000)+`\"",`, 200) + `""]`, true},
+		{"many small numbers", `[` + strings.Repeat(`12345,`, 50000) + `0]`, true},
+	} {
+		for _, oneByte := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/one-byte-reads=%v", tc.name, oneByte), func(t *testing.T) {
+				var r io.Reader = strings.NewReader(tc.text)
+				if oneByte {
+					r = iotest.OneByteReader(r)
+				}
+				n, err := io.Copy(io.Discard, &tokenGuard{r: r})
+				if tc.ok && (err != nil || n != int64(len(tc.text))) {
+					t.Fatalf("read %d of %d bytes: %v", n, len(tc.text), err)
+				}
+				if !tc.ok && !errors.Is(err, errTokenTooLong) {
+					t.Fatalf("read %d bytes: %v, want errTokenTooLong", n, err)
+				}
+			})
+		}
+	}
+}
+
+// TestResultFieldNamesMayBeEscaped: JSON allows a name written with
+// escapes; it is the same name.
+func TestResultFieldNamesMayBeEscaped(t *testing.T) {
+	body := `{"request\u005fid":"` + testRequestID + `","site\u005Fname":"Escaped"}`
+	result, err := decodeResult(strings.NewReader(body), testRequestID)
+	if err != nil || result.SiteName != "Escaped" {
+		t.Fatalf("decodeResult: %+v, %v", result, err)
+	}
+}
+
+// TestTheExcerptShowsTheBodyWhereTheDecoderStopped: a 200 whose first byte
+// is already wrong still logs the start of the body, not only what the
+// decoder had read.
+func TestTheExcerptShowsTheBodyWhereTheDecoderStopped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "<")
+			w.(http.Flusher).Flush()
+			time.Sleep(time.Millisecond) // the rest comes in a later read
+			io.WriteString(w, "html><title>502 Bad Gateway</title></html>")
+		})
+		_, err := client.fetch(t.Context(), kindCluster, testRequestID)
+		if err == nil || !strings.Contains(err.Error(), "body starts: <html><title>502 Bad Gateway</title></html>") {
+			t.Fatalf("fetch: %v, want the body's start", err)
+		}
+	})
 }
