@@ -256,21 +256,11 @@ func (a *simAPI) getPaths() []string {
 func (a *simAPI) optimize(t *testing.T, kind string, synchronous bool) string {
 	t.Helper()
 	body, _ := json.Marshal(optipicksim.ExampleRequest())
-	req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/optimize/%s?synchronous=%v", a.URL, kind, synchronous), bytes.NewReader(body))
-	req.Header.Set("X-API-KEY", a.apiKey)
-	resp, err := http.DefaultClient.Do(req)
+	id, err := optipicksim.Submit(t.Context(), http.DefaultClient, a.URL, a.apiKey, kind, body, synchronous)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var answer struct {
-		RequestID string `json:"request_id"`
-	}
-	json.NewDecoder(resp.Body).Decode(&answer)
-	if resp.StatusCode != http.StatusOK || answer.RequestID == "" {
-		t.Fatalf("POST /optimize/%s: %d", kind, resp.StatusCode)
-	}
-	return answer.RequestID
+	return id
 }
 
 // bodyFor is OptiPick's webhook body for id.

@@ -14,7 +14,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -331,7 +330,7 @@ func chaos(ctx context.Context, o options, sched schedule, bin, dir string, out 
 				errs <- ctx.Err()
 				return
 			}
-			id, err := submit(ctx, client, simURL, ev.kind, body)
+			id, err := optipicksim.Submit(ctx, client, simURL, apiKey, ev.kind, body, false)
 			if err != nil {
 				errs <- fmt.Errorf("event %d: %w", i, err)
 				return
@@ -665,24 +664,6 @@ func printSummary(out io.Writer, s summary) {
 }
 
 // submit starts an asynchronous optimization and returns its request_id.
-func submit(ctx context.Context, client *http.Client, simURL, kind string, body []byte) (string, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, simURL+"/optimize/"+kind+"?synchronous=false", bytes.NewReader(body))
-	req.Header.Set("X-API-KEY", apiKey)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("POST /optimize/%s: %w", kind, err)
-	}
-	defer resp.Body.Close()
-	var answer struct {
-		RequestID string `json:"request_id"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil || resp.StatusCode != http.StatusOK || answer.RequestID == "" {
-		return "", fmt.Errorf("POST /optimize/%s: %s, request_id %q, %v", kind, resp.Status, answer.RequestID, err)
-	}
-	return answer.RequestID, nil
-}
-
 // sleep waits d, or less if ctx ends; it reports whether the whole wait passed.
 func sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {

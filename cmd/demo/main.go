@@ -99,7 +99,7 @@ func run(out io.Writer) error {
 	var requestIDs []string
 	example, _ := json.Marshal(optipicksim.ExampleRequest())
 	for _, kind := range []string{"cluster", "route"} {
-		id, err := submit(simURL, apiKey, kind, example)
+		id, err := optipicksim.Submit(context.Background(), &http.Client{Timeout: startTimeout}, simURL, apiKey, kind, example, false)
 		if err != nil {
 			return err
 		}
@@ -135,26 +135,6 @@ func run(out io.Writer) error {
 	}
 	say("OK: both programs exited 0")
 	return nil
-}
-
-// submit starts an asynchronous optimization and returns its request_id.
-func submit(simURL, apiKey, kind string, body []byte) (string, error) {
-	req, _ := http.NewRequest(http.MethodPost, simURL+"/optimize/"+kind+"?synchronous=false", bytes.NewReader(body))
-	req.Header.Set("X-API-KEY", apiKey)
-	req.Header.Set("Content-Type", "application/json")
-	client := &http.Client{Timeout: startTimeout}
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("POST /optimize/%s: %w", kind, err)
-	}
-	defer resp.Body.Close()
-	var answer struct {
-		RequestID string `json:"request_id"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&answer); err != nil || resp.StatusCode != http.StatusOK || answer.RequestID == "" {
-		return "", fmt.Errorf("POST /optimize/%s: %s, request_id %q, %v", kind, resp.Status, answer.RequestID, err)
-	}
-	return answer.RequestID, nil
 }
 
 // process is a started program whose JSON log lines are echoed, readably,

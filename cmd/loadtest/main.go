@@ -365,8 +365,7 @@ func startFakeAPI() (url string, calls *atomic.Int64, stop func(), err error) {
 	if err := json.Unmarshal(result, &made); err != nil || made.RequestID == "" {
 		return "", nil, nil, fmt.Errorf("the simulator's result has no request_id: %v", err)
 	}
-	// The result around its request_id, to answer each call with its own id.
-	before, after, _ := bytes.Cut(result, []byte(`"`+made.RequestID+`"`))
+	madeID := []byte(`"` + made.RequestID + `"`)
 
 	calls = &atomic.Int64{}
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
@@ -379,12 +378,10 @@ func startFakeAPI() (url string, calls *atomic.Int64, stop func(), err error) {
 			http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
 			return
 		}
-		id := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
+		// The result, carrying the id asked for.
+		id := strconv.Quote(r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:])
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", strconv.Itoa(len(before)+len(id)+2+len(after)))
-		w.Write(before)
-		w.Write([]byte(`"` + id + `"`))
-		w.Write(after)
+		w.Write(bytes.Replace(result, madeID, []byte(id), 1))
 	})}
 	go srv.Serve(listener)
 	return "http://" + listener.Addr().String(), calls, func() { srv.Close() }, nil
