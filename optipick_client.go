@@ -253,7 +253,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		seen = io.MultiWriter(&head, raw)
 	}
 	limited := &io.LimitedReader{R: resp.Body, N: maxResultBytes + 1}
-	body := &tokenGuard{r: io.TeeReader(limited, seen)}
+	body := io.TeeReader(limited, seen)
 	result, err := decodeResult(body, requestID)
 	if err != nil {
 		// The decoder stops where the body went wrong: read on far enough
@@ -284,9 +284,10 @@ var (
 // request_id missing, given twice, or other than wantID.
 func decodeResult(r io.Reader, wantID string) (*optimization, error) {
 	dec := decoders.Get().(*jsontext.Decoder)
+	guard := &tokenGuard{r: r, dec: dec}
 	// Names are checked for duplicates where it matters (request_id) by
 	// readField: checking every object's names costs most of the decoding.
-	dec.Reset(r, jsontext.AllowDuplicateNames(true))
+	dec.Reset(guard, jsontext.AllowDuplicateNames(true))
 	defer func() {
 		dec.Reset(noInput)
 		decoders.Put(dec)
@@ -462,52 +463,23 @@ func countElements(dec *jsontext.Decoder) (int, error) {
 // errTokenTooLong: the result holds a token larger than any OptiPick sends.
 var errTokenTooLong = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
 
-// tokenGuard passes a JSON text through, failing once one token (a string,
-// or a run of other bytes between structural characters) outgrows
-// maxTokenBytes: a cheap pass that bounds what the decoder buffers.
+// tokenGuard is the decoder's reader. The decoder reads more only when the
+// token it is reading (a string, a number, white space) does not end in what
+// it holds, so what it has read and not yet consumed is that token: past
+// maxTokenBytes, the guard refuses to read on. The decoder then holds at
+// most about twice maxTokenBytes, whatever the result holds.
 type tokenGuard struct {
-	r        io.Reader
-	inString bool
-	escaped  bool // the previous byte in the string was a backslash
-	run      int  // bytes of the current token so far
+	r    io.Reader
+	dec  *jsontext.Decoder
+	read int64
 }
 
 func (g *tokenGuard) Read(p []byte) (int, error) {
-	n, err := g.r.Read(p)
-	for i := 0; i < n; i++ {
-		c := p[i]
-		switch {
-		case g.inString && g.escaped:
-			g.escaped = false
-			g.run += 2 // the backslash and this byte
-		case g.inString:
-			// Jump to the next quote or backslash.
-			j := bytes.IndexAny(p[i:n], `"\\`)
-			if j < 0 {
-				j = n - i
-			}
-			if g.run += j; g.run > maxTokenBytes {
-				return 0, errTokenTooLong
-			}
-			if i += j; i == n {
-				break
-			}
-			if p[i] == '"' {
-				g.inString, g.run = false, 0
-			} else {
-				g.escaped = true
-			}
-		case c == '"':
-			g.inString, g.run = true, 0
-		case c == '{' || c == '}' || c == '[' || c == ']' || c == ',' || c == ':':
-			g.run = 0
-		default: // a number, a literal or white space
-			g.run++
-		}
-		if g.run > maxTokenBytes {
-			return 0, errTokenTooLong
-		}
+	if g.read-g.dec.InputOffset() > maxTokenBytes {
+		return 0, errTokenTooLong
 	}
+	n, err := g.r.Read(p)
+	g.read += int64(n)
 	return n, err
 }
 

