@@ -466,8 +466,9 @@ var errTokenTooLong = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
 // tokenGuard is the decoder's reader. The decoder reads more only when the
 // token it is reading (a string, a number, white space) does not end in what
 // it holds, so what it has read and not yet consumed is that token: past
-// maxTokenBytes, the guard refuses to read on. The decoder then holds at
-// most about twice maxTokenBytes, whatever the result holds.
+// maxTokenBytes, the guard refuses to read on. Each read is at most a
+// quarter of that, whatever buffer a pooled decoder offers, so no token
+// longer than 1.25 x maxTokenBytes is ever read whole.
 type tokenGuard struct {
 	r    io.Reader
 	dec  *jsontext.Decoder
@@ -478,7 +479,7 @@ func (g *tokenGuard) Read(p []byte) (int, error) {
 	if g.read-g.dec.InputOffset() > maxTokenBytes {
 		return 0, errTokenTooLong
 	}
-	n, err := g.r.Read(p)
+	n, err := g.r.Read(p[:min(len(p), maxTokenBytes/4)])
 	g.read += int64(n)
 	return n, err
 }

@@ -435,7 +435,7 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // small tokens whatever their total, are read.
 func TestTokenGuard(t *testing.T) {
 	long := func(s string, n int) string { return strings.Repeat(s, n) }
-	const over = 2*maxTokenBytes + 1 // the guard may hold up to about twice the cap
+	const over = maxTokenBytes + maxTokenBytes/4 + 1 // the guard lets at most a quarter more through
 	for _, tc := range []struct {
 		name, text string
 		ok         bool
