@@ -127,12 +127,8 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 		o := outcomeProcessFailed
 		defer func(ended func(outcome)) { ended(o) }(m.started(k))
 
-		d, err := readDelivery(w, r, k, v)
-		if err != nil {
-			var rej *rejection
-			if !errors.As(err, &rej) {
-				rej = &rejection{status: http.StatusBadRequest, outcome: outcomeUnreadableBody, answer: "bad request", reason: err.Error()}
-			}
+		d, rej := readDelivery(w, r, k, v)
+		if rej != nil {
 			o = rej.outcome
 			attrs := []any{"kind", k, "svix_id", logSafe(messageID(r.Header)), "status", rej.status, "reason", rej.reason}
 			if rej.abort {
@@ -209,15 +205,16 @@ type rejection struct {
 	abort   bool   // genuine: ask Svix not to retry
 }
 
-func (r *rejection) Error() string { return r.reason }
+// tooLarge is the rejection of a body over maxBodyBytes.
+var tooLarge = &rejection{status: http.StatusRequestEntityTooLarge, outcome: outcomeTooLarge, answer: "body too large",
+	reason: fmt.Sprintf("body over %d bytes", maxBodyBytes)}
 
 // readDelivery reads and verifies one delivery of kind k, in a fixed order:
 // cap the body, read it, verify its raw bytes (the library's check, after
 // bounding the headers it loops over), then decode it. Nothing of the body
-// is trusted before it is verified.
-func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (delivery, error) {
-	tooLarge := &rejection{status: http.StatusRequestEntityTooLarge, outcome: outcomeTooLarge, answer: "body too large",
-		reason: fmt.Sprintf("body over %d bytes", maxBodyBytes)}
+// is trusted before it is verified. A refused delivery comes back as a
+// rejection that says how to answer it.
+func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (delivery, *rejection) {
 	if r.ContentLength > maxBodyBytes {
 		return delivery{}, tooLarge
 	}
