@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"math/rand/v2"
 	"net"
@@ -97,12 +96,7 @@ func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 // the func that protects its connection once the request is verified.
 func (l *connLimitListener) connContext(ctx context.Context, c net.Conn) context.Context {
 	if lc, ok := c.(*limitedConn); ok {
-		return context.WithValue(ctx, verifiedHookKey{}, func() {
-			l.mu.Lock()
-			lc.carriedVerified = true
-			l.mu.Unlock()
-			l.setSheddable(lc, false)
-		})
+		return context.WithValue(ctx, verifiedHookKey{}, func() { l.protect(lc) })
 	}
 	return ctx
 }
@@ -115,6 +109,15 @@ func (l *connLimitListener) setSheddable(c *limitedConn, sheddable bool) {
 	} else {
 		delete(l.sheddable, c)
 	}
+}
+
+// protect keeps c from being shed while it serves a verified delivery, and
+// ranks it with the connections that carried one from then on.
+func (l *connLimitListener) protect(c *limitedConn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c.carriedVerified = true
+	delete(l.sheddable, c)
 }
 
 // shedOne closes a sheddable connection accepted at least shedAfter ago,
@@ -133,14 +136,14 @@ func (l *connLimitListener) shedOne() bool {
 		}
 	}
 	l.mu.Unlock()
-	candidates := cmp.Or(len(never), len(carried))
-	if candidates == 0 {
+	victims := never
+	if len(victims) == 0 {
+		victims = carried
+	}
+	if len(victims) == 0 {
 		return false
 	}
-	if len(never) == 0 {
-		never = carried
-	}
-	never[rand.N(candidates)].Close()
+	victims[rand.N(len(victims))].Close()
 	return true
 }
 
