@@ -97,9 +97,10 @@ func (m *serviceMetrics) apiCall(status int, took time.Duration) {
 	if m == nil {
 		return
 	}
-	class, ok := map[int]string{2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}[status/100]
-	if !ok {
-		class = "error"
+	class := "error"
+	switch status / 100 {
+	case 2, 3, 4, 5:
+		class = apiStatusClasses[status/100-2]
 	}
 	m.apiCalls[class].Update(took.Seconds())
 }
