@@ -94,8 +94,6 @@ type optimization struct {
 	// Raw is the whole result as the API sent it, kept only by a client
 	// made with keepRaw (LOG_LEVEL=debug).
 	Raw []byte
-
-	sawRequestID bool // while decoding: a second request_id is an error
 }
 
 // optiPickClient fetches finished optimizations from the OptiPick API.
@@ -304,6 +302,7 @@ func decodeResult(r io.Reader, wantID string) (*optimization, error) {
 	}
 	res := &optimization{}
 	var unquoted []byte
+	sawRequestID := false // a second request_id, of any type, is refused
 	for dec.PeekKind() != '}' {
 		name, err := dec.ReadValue() // the quoted name, as sent
 		if err != nil {
@@ -314,7 +313,14 @@ func decodeResult(r io.Reader, wantID string) (*optimization, error) {
 			name = append(append(name[:0:0], '"'), append(unquoted, '"')...)
 		}
 		// name is valid only until the next read: take what it says first.
-		if err := res.readField(dec, fieldNamed(name)); err != nil {
+		field := fieldNamed(name)
+		if field == requestIDField {
+			if sawRequestID {
+				return nil, errors.New("request_id given twice")
+			}
+			sawRequestID = true
+		}
+		if err := res.readField(dec, field); err != nil {
 			return nil, err
 		}
 	}
@@ -376,10 +382,6 @@ func fieldNamed(quoted []byte) resultField {
 func (res *optimization) readField(dec *jsontext.Decoder, field resultField) error {
 	switch next := dec.PeekKind(); field {
 	case requestIDField:
-		if res.sawRequestID {
-			return errors.New("request_id given twice")
-		}
-		res.sawRequestID = true
 		if next != '"' {
 			break
 		}
