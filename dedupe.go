@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/singleflight"
 )
 
 // dedupe makes Svix's at-least-once delivery do the work about once:
@@ -22,11 +19,17 @@ import (
 type dedupe struct {
 	window   time.Duration // 0 remembers nothing
 	capacity int
-	inflight singleflight.Group
 
-	mu      sync.Mutex
-	handled map[string]time.Time // key → when it was handled
-	order   []handledEntry       // the same entries, oldest first
+	mu       sync.Mutex
+	inflight map[string]*flight   // key → the work running for it
+	handled  map[string]time.Time // key → when it was handled
+	order    []handledEntry       // the same entries, oldest first
+}
+
+// flight is one run of the work for a key, which duplicates wait for.
+type flight struct {
+	done chan struct{} // closed when err is set
+	err  error
 }
 
 type handledEntry struct {
@@ -35,50 +38,51 @@ type handledEntry struct {
 }
 
 func newDedupe(window time.Duration, capacity int) *dedupe {
-	return &dedupe{window: window, capacity: capacity, handled: make(map[string]time.Time)}
+	return &dedupe{window: window, capacity: capacity, inflight: make(map[string]*flight), handled: make(map[string]time.Time)}
 }
 
-// do runs work for key, unless key was handled within the window, or
+// do runs work(ctx) for key, unless key was handled within the window, or
 // another do for key is running: then it waits for that one and shares its
 // outcome, or gives up when its own ctx ends. alreadyHandled reports that
 // this call did not run work itself and the work succeeded.
 //
-// work runs once for all the callers: with the first caller's deadline, but
-// not cancelled when that caller goes away, since the others wait for it.
-// A panic in work is returned as an error, not re-raised.
+// work runs on the caller's goroutine (as in singleflight's Do), under the
+// first caller's ctx: the others wait for it, so that ctx should end only
+// at a deadline, not when a caller goes away. A panic in work is returned
+// as an error to every caller, and the key is not remembered.
 func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) error) (alreadyHandled bool, err error) {
-	var ran atomic.Bool
-	results := d.inflight.DoChan(key, func() (_ any, err error) {
-		// Checked inside the flight: one that just ended has remembered.
-		if d.handledRecently(key) {
-			return nil, nil
-		}
-		ran.Store(true)
-		// DoChan re-panics in a goroutine of its own, which would end the
-		// process: turn a panic into this delivery's error instead.
-		defer func() {
-			if p := recover(); p != nil {
-				err = fmt.Errorf("%w: %v", errWorkPanicked, p)
-			}
-		}()
-		workCtx := context.WithoutCancel(ctx)
-		if deadline, ok := ctx.Deadline(); ok {
-			var cancel context.CancelFunc
-			workCtx, cancel = context.WithDeadline(workCtx, deadline)
-			defer cancel()
-		}
-		if err := work(workCtx); err != nil {
-			return nil, err
-		}
-		d.remember(key, time.Now())
-		return nil, nil
-	})
-	select {
-	case r := <-results:
-		return !ran.Load() && r.Err == nil, r.Err
-	case <-ctx.Done():
-		return false, ctx.Err()
+	d.mu.Lock()
+	if at, ok := d.handled[key]; ok && time.Since(at) < d.window {
+		d.mu.Unlock()
+		return true, nil
 	}
+	if f, ok := d.inflight[key]; ok {
+		d.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.err == nil, f.err
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	d.inflight[key] = f
+	d.mu.Unlock()
+
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", errWorkPanicked, p)
+		}
+		f.err = err
+		d.mu.Lock()
+		delete(d.inflight, key)
+		if err == nil {
+			d.rememberLocked(key, time.Now())
+		}
+		d.mu.Unlock()
+		close(f.done)
+	}()
+	return false, work(ctx)
 }
 
 var errWorkPanicked = errors.New("handling the delivery panicked")
@@ -90,21 +94,12 @@ func (d *dedupe) Len() int {
 	return len(d.handled)
 }
 
-func (d *dedupe) handledRecently(key string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	at, ok := d.handled[key]
-	return ok && time.Since(at) < d.window
-}
-
-// remember records key as handled at now, first forgetting entries that have
-// expired and, while full, the oldest.
-func (d *dedupe) remember(key string, now time.Time) {
+// rememberLocked records key as handled at now, first forgetting entries
+// that have expired and, while full, the oldest. d.mu is held.
+func (d *dedupe) rememberLocked(key string, now time.Time) {
 	if d.window <= 0 {
 		return
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	for len(d.order) > 0 && (len(d.handled) >= d.capacity || now.Sub(d.order[0].at) >= d.window) {
 		oldest := d.order[0]
 		d.order = d.order[1:]

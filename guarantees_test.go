@@ -415,21 +415,16 @@ func TestAFailedProcessorIsNeverAcknowledged(t *testing.T) {
 
 // TestAWaitingDuplicateLeavesAtItsOwnDeadline: a duplicate waiting for the
 // first delivery's work answers 5xx when its own deadline passes, and the
-// work, which the first delivery's caller left, still ends and is shared.
+// work still ends and is shared.
 func TestAWaitingDuplicateLeavesAtItsOwnDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d := newDedupe(time.Hour, 10)
 		release := make(chan struct{})
-		firstCtx, leave := context.WithCancel(t.Context())
 		first := make(chan error, 1)
 		go func() {
-			_, err := d.do(firstCtx, "k", func(ctx context.Context) error {
-				select {
-				case <-release:
-					return nil
-				case <-ctx.Done():
-					return ctx.Err()
-				}
+			_, err := d.do(t.Context(), "k", func(ctx context.Context) error {
+				<-release
+				return nil
 			})
 			first <- err
 		}()
@@ -439,14 +434,43 @@ func TestAWaitingDuplicateLeavesAtItsOwnDeadline(t *testing.T) {
 		if already, err := d.do(waiterCtx, "k", func(context.Context) error { return nil }); already || !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("waiter: already=%v err=%v, want its own deadline", already, err)
 		}
-		leave() // the first caller goes away: the work is not cancelled with it
-		if err := <-first; !errors.Is(err, context.Canceled) {
-			t.Fatalf("first caller: %v, want its own cancellation", err)
-		}
 		close(release)
-		synctest.Wait()
+		if err := <-first; err != nil {
+			t.Fatalf("first caller: %v", err)
+		}
 		if already, err := d.do(t.Context(), "k", func(context.Context) error { t.Error("ran again"); return nil }); !already || err != nil {
 			t.Errorf("after the work ended: already=%v err=%v, want it remembered", already, err)
+		}
+	})
+}
+
+// TestASenderThatGoesAwayDoesNotCancelTheWork: when the sender of a
+// delivery disconnects while its optimization is fetched, the fetch goes
+// on, and Svix's retry finds the delivery handled, without a second call.
+func TestASenderThatGoesAwayDoesNotCancelTheWork(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-time.After(3 * time.Second):
+				writeClusterResult(w, testRequestID)
+			case <-r.Context().Done(): // the receiver gave up the call
+				http.Error(w, "cancelled", http.StatusServiceUnavailable)
+			}
+		}
+		body := requestBody(testRequestID)
+		ctx, goAway := context.WithCancel(t.Context())
+		time.AfterFunc(time.Second, goAway)
+		first := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_gone", time.Now()).WithContext(ctx))
+		if first.Code != http.StatusOK {
+			t.Errorf("the delivery whose sender left: %d %q, want the work done (200)", first.Code, first.Body)
+		}
+		retry := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_gone", time.Now()))
+		if retry.Code != http.StatusOK || retry.Body.String() != "already handled\n" {
+			t.Errorf("Svix's retry: %d %q, want 200 already handled", retry.Code, retry.Body)
+		}
+		if calls := len(rig.api.recorded()); calls != 1 {
+			t.Errorf("API called %d times, want once", calls)
 		}
 	})
 }

@@ -120,7 +120,9 @@ func handleReadyz(ready func() bool) http.Handler {
 // message. It answers 2xx only when that work is done.
 func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, k kind, v verifier, fetch fetchFunc, process processFunc, seen *dedupe) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), deliveryDeadline)
+		// The work for a delivery is shared with its duplicates (dedupe),
+		// so it ends at its deadline, not when this sender goes away.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), deliveryDeadline)
 		defer cancel()
 		// Set as the delivery goes; a panic (net/http recovers it) counts
 		// as a failed processing.
