@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
 )
@@ -104,7 +105,9 @@ type optiPickClient struct {
 	// apiKeyPattern matches the key in any letter case, as a proxy that
 	// rewrites what it echoes may send it.
 	apiKeyPattern *regexp.Regexp
+	keyRunes      int // the fewest bytes a match of apiKeyPattern can take
 	keepRaw       bool
+	header        http.Header // of every API call
 	http          *http.Client
 	slots         chan struct{}   // one per API call in flight
 	metrics       *serviceMetrics // nil: none
@@ -134,6 +137,8 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 	}
 	return &optiPickClient{
 		apiKeyPattern: keyPattern,
+		keyRunes:      utf8.RuneCountInString(apiKey),
+		header:        http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
 		optimizeURL:   baseURL.JoinPath("optimize").String(),
 		apiKey:        apiKey,
 		urlPassword:   password,
@@ -215,9 +220,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("X-API-KEY", c.apiKey)
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "optipick-webhooks")
+	req.Header = c.header.Clone()
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -243,54 +246,107 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		}
 	}
 
-	var raw *bytes.Buffer
-	head := prefixWriter{max: maxExcerptBytes + len(c.apiKey)}
-	var seen io.Writer = &head
-	if c.keepRaw {
-		raw = &bytes.Buffer{}
-		seen = io.MultiWriter(&head, raw)
-	}
-	limited := &io.LimitedReader{R: resp.Body, N: maxResultBytes + 1}
-	body := io.TeeReader(limited, seen)
-	result, err := decodeResult(body, requestID)
-	if err != nil {
-		// The decoder stops where the body went wrong: read on far enough
-		// to show the start of it.
-		io.CopyN(io.Discard, body, int64(head.max-len(head.buf)))
-	}
-	if limited.N <= 0 {
+	rr := newResultReader(resp.Body, maxExcerptBytes+len(c.apiKey), c.keepRaw)
+	defer rr.release()
+	result, err := rr.decode(requestID)
+	if rr.read > maxResultBytes {
 		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", target, maxResultBytes)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", target, err, c.excerpt(head.buf))
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", target, err, c.excerpt(rr.readHead()))
 	}
-	if raw != nil {
-		result.Raw = raw.Bytes()
+	if rr.raw != nil {
+		result.Raw = rr.raw.Bytes()
 	}
 	return result, nil
 }
 
-// decoders are reused: a jsontext.Decoder keeps its buffers across Reset.
-// A pooled one reads from noInput, so that it holds no response body.
-var (
-	decoders = sync.Pool{New: func() any { return jsontext.NewDecoder(noInput) }}
-	noInput  = strings.NewReader("")
-)
+// resultReader is what a result is decoded through. It stops a result
+// at maxResultBytes and a token at maxTokenBytes, keeps the first bytes
+// for an error's excerpt and, for a client that keeps raw results, all of
+// them. Each is pooled with its decoder, which keeps its buffers across
+// uses: reading a result allocates only what the summary keeps.
+type resultReader struct {
+	body    io.Reader
+	dec     *jsontext.Decoder // reads from this resultReader
+	read    int64             // bytes read from body
+	head    []byte            // the first bytes read, up to headMax
+	headMax int
+	raw     *bytes.Buffer // every byte read; nil unless kept
+}
 
-// decodeResult streams one result, keeping only the fields of the summary.
-// It refuses what is not this result: not a JSON object, trailing data, a
-// request_id missing, given twice, or other than wantID.
-func decodeResult(r io.Reader, wantID string) (*optimization, error) {
-	dec := decoders.Get().(*jsontext.Decoder)
-	guard := &tokenGuard{r: r, dec: dec}
+var resultReaders = sync.Pool{New: func() any {
+	rr := &resultReader{}
+	rr.dec = jsontext.NewDecoder(rr)
+	return rr
+}}
+
+// newResultReader reads a result from body, keeping its first headMax
+// bytes, and all of them when keepRaw. Release it when done.
+func newResultReader(body io.Reader, headMax int, keepRaw bool) *resultReader {
+	rr := resultReaders.Get().(*resultReader)
+	rr.body, rr.read, rr.head, rr.headMax = body, 0, rr.head[:0], headMax
+	if keepRaw {
+		rr.raw = &bytes.Buffer{}
+	}
 	// Names are checked for duplicates where it matters (request_id) by
-	// readField: checking every object's names costs most of the decoding.
-	dec.Reset(guard, jsontext.AllowDuplicateNames(true))
-	defer func() {
-		dec.Reset(noInput)
-		decoders.Put(dec)
-	}()
+	// decode: checking every object's names costs most of the decoding.
+	rr.dec.Reset(rr, jsontext.AllowDuplicateNames(true))
+	return rr
+}
 
+// release returns rr to the pool, holding neither the body nor raw bytes.
+func (rr *resultReader) release() {
+	rr.body, rr.raw = nil, nil
+	rr.dec.Reset(rr)
+	resultReaders.Put(rr)
+}
+
+// Read is the decoder's read. The decoder reads more only when the token
+// it is reading (a string, a number, white space) does not end in what it
+// holds, so what it has read and not yet consumed is that token: past
+// maxTokenBytes, Read refuses to go on. Each read is at most a quarter of
+// that, whatever buffer a pooled decoder offers, so no token longer than
+// 1.25 x maxTokenBytes is ever read whole; and reads stop one byte past
+// maxResultBytes, which tells a result that is too large.
+func (rr *resultReader) Read(p []byte) (int, error) {
+	if rr.read-rr.dec.InputOffset() > maxTokenBytes {
+		return 0, errTokenTooLong
+	}
+	if rr.read > maxResultBytes {
+		return 0, errResultTooLarge
+	}
+	n, err := rr.body.Read(p[:min(len(p), maxTokenBytes/4, int(maxResultBytes+1-rr.read))])
+	rr.read += int64(n)
+	if room := rr.headMax - len(rr.head); room > 0 {
+		rr.head = append(rr.head, p[:min(room, n)]...)
+	}
+	if rr.raw != nil {
+		rr.raw.Write(p[:n])
+	}
+	return n, err
+}
+
+// readHead reads on, after the decoder stopped, far enough to have the
+// first headMax bytes of the body (or all of it), and returns them.
+func (rr *resultReader) readHead() []byte {
+	io.CopyN(io.Discard, rr, int64(rr.headMax-len(rr.head)))
+	return rr.head
+}
+
+// decodeResult streams one result from r, keeping only the fields of the
+// summary. It refuses what is not this result: see resultReader.decode.
+func decodeResult(r io.Reader, wantID string) (*optimization, error) {
+	rr := newResultReader(r, 0, false)
+	defer rr.release()
+	return rr.decode(wantID)
+}
+
+// decode reads one result, keeping only the fields of the summary. It
+// refuses what is not this result: not a JSON object, trailing data, a
+// request_id missing, given twice, or other than wantID.
+func (rr *resultReader) decode(wantID string) (*optimization, error) {
+	dec := rr.dec
 	if dec.PeekKind() != '{' {
 		if _, err := dec.ReadToken(); err != nil {
 			return nil, fmt.Errorf("not JSON: %w", err)
@@ -462,34 +518,17 @@ func countElements(dec *jsontext.Decoder) (int, error) {
 	return n, err
 }
 
-// errTokenTooLong: the result holds a token larger than any OptiPick sends.
-var errTokenTooLong = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
-
-// tokenGuard is the decoder's reader. The decoder reads more only when the
-// token it is reading (a string, a number, white space) does not end in what
-// it holds, so what it has read and not yet consumed is that token: past
-// maxTokenBytes, the guard refuses to read on. Each read is at most a
-// quarter of that, whatever buffer a pooled decoder offers, so no token
-// longer than 1.25 x maxTokenBytes is ever read whole.
-type tokenGuard struct {
-	r    io.Reader
-	dec  *jsontext.Decoder
-	read int64
-}
-
-func (g *tokenGuard) Read(p []byte) (int, error) {
-	if g.read-g.dec.InputOffset() > maxTokenBytes {
-		return 0, errTokenTooLong
-	}
-	n, err := g.r.Read(p[:min(len(p), maxTokenBytes/4)])
-	g.read += int64(n)
-	return n, err
-}
+var (
+	// errTokenTooLong: the result holds a token larger than any OptiPick sends.
+	errTokenTooLong = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
+	// errResultTooLarge: the result is over maxResultBytes.
+	errResultTooLarge = fmt.Errorf("a result over %d bytes", maxResultBytes)
+)
 
 // redact replaces the API key, and a password in OPTIPICK_API_URL, in text
 // that came from the API or names its URL.
 func (c *optiPickClient) redact(text string) string {
-	if c.apiKeyPattern != nil {
+	if c.apiKeyPattern != nil && len(text) >= c.keyRunes { // most text is too short to hold it
 		text = c.apiKeyPattern.ReplaceAllLiteralString(text, "[API key]")
 	}
 	if c.urlPassword != "" {
@@ -514,19 +553,6 @@ type redactedError struct {
 
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
-
-// prefixWriter keeps the first max bytes written to it.
-type prefixWriter struct {
-	max int
-	buf []byte
-}
-
-func (w *prefixWriter) Write(p []byte) (int, error) {
-	if room := w.max - len(w.buf); room > 0 {
-		w.buf = append(w.buf, p[:min(room, len(p))]...)
-	}
-	return len(p), nil
-}
 
 // excerpt is the start of an answer's body for the logs, with the API key
 // redacted wherever the API (or a proxy) echoed it.

@@ -495,3 +495,16 @@ func TestTheExcerptShowsTheBodyWhereTheDecoderStopped(t *testing.T) {
 		}
 	})
 }
+
+// TestRedactionFindsTheKeyInAnyLetterCase: the key is redacted in any
+// letter case, also where case folding makes it fewer bytes than the key
+// (ſ, two bytes, folds to s).
+func TestRedactionFindsTheKeyInAnyLetterCase(t *testing.T) {
+	base, _ := url.Parse("http://optipick.test")
+	c := newOptiPickClient(base, "ſk-0123456789", false, nil)
+	for _, text := range []string{"ſk-0123456789", "SK-0123456789", "sk-0123456789", "site Sk-0123456789!"} {
+		if got := c.redact(text); strings.Contains(got, "k-0123456789") || strings.Contains(got, "K-0123456789") || !strings.Contains(got, "[API key]") {
+			t.Errorf("redact(%q) = %q", text, got)
+		}
+	}
+}
