@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -536,6 +537,29 @@ func TestSummaryLineValues(t *testing.T) {
 				t.Errorf("summary line %v", line)
 			}
 		})
+	}
+}
+
+// TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats: number logs a whole
+// number as an int64. In JSON it must print as slog prints the float64; in
+// text it may print in full where slog would use an exponent, but it must
+// be the same number. A fraction, or a float too large for an exact int64,
+// stays a float64.
+func TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats(t *testing.T) {
+	logged := func(format string, attr slog.Attr) string {
+		var out bytes.Buffer
+		newLogger(&out, slog.LevelInfo, format).LogAttrs(t.Context(), slog.LevelInfo, "m", attr)
+		_, value, _ := strings.Cut(strings.TrimSpace(out.String()), map[string]string{"json": `"n":`, "text": " n="}[format])
+		return strings.TrimSuffix(value, "}")
+	}
+	for _, f := range []float64{0, 1, -3, 22920, 2e6, 1 << 52, 1<<53 - 1, 1 << 53, 1e21, 1e300, 0.5, 33.3, -999.4, 1e-320} {
+		if got, want := logged("json", number("n", f)), logged("json", slog.Float64("n", f)); got != want {
+			t.Errorf("%v in JSON: logged %s, as a float64 %s", f, got, want)
+		}
+		got, err := strconv.ParseFloat(logged("text", number("n", f)), 64)
+		if err != nil || got != f {
+			t.Errorf("%v in text: logged %s (%v)", f, logged("text", number("n", f)), err)
+		}
 	}
 }
 
