@@ -152,6 +152,14 @@ func run(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "\nreceiver/baseline throughput: %.2fx (median of rounds); API calls: %d for %d deliveries\n",
 		summary[receiver].rate/summary[baseline].rate, apiCalls.Load(), len(servers)**n**rounds)
+	// Each round's ratio compares two runs a second apart: the spread says
+	// how much the machine moved under the figures.
+	pairs := make([]float64, *rounds)
+	for r := range pairs {
+		pairs[r] = results[receiver][r].rate / results[baseline][r].rate
+	}
+	slices.Sort(pairs)
+	fmt.Fprintf(out, "round by round: %.2fx median, %.2fx to %.2fx\n", pairs[len(pairs)/2], pairs[0], pairs[len(pairs)-1])
 	if metered != nil {
 		fmt.Fprintf(out, "receiver with METRICS_ADDR / without: %.2fx throughput\n", summary[metered].rate/summary[receiver].rate)
 	}
