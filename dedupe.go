@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -63,8 +64,9 @@ func newDedupe(window time.Duration, capacity int) *dedupe {
 //
 // work runs on the caller's goroutine (as in singleflight's Do), under the
 // first caller's ctx: the others wait for it, so that ctx should end only
-// at a deadline, not when a caller goes away. A panic in work is returned
-// as an error to every caller, and the key is not remembered.
+// at a deadline, not when a caller goes away. A panic in work, or a
+// runtime.Goexit, is returned as an error to every caller, and the key is
+// not remembered.
 func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) error) (alreadyHandled bool, err error) {
 	k := keyOf(key)
 	d.mu.Lock()
@@ -85,9 +87,12 @@ func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) 
 	d.inflight[k] = f
 	d.mu.Unlock()
 
+	returned := false
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: %v", errWorkPanicked, p)
+			err = fmt.Errorf("%w: %v\n%s", errWorkPanicked, p, debug.Stack())
+		} else if !returned {
+			err = errWorkDidNotReturn
 		}
 		f.err = err
 		d.mu.Lock()
@@ -98,10 +103,15 @@ func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) 
 		d.mu.Unlock()
 		close(f.done)
 	}()
-	return false, work(ctx)
+	err = work(ctx)
+	returned = true
+	return false, err
 }
 
-var errWorkPanicked = errors.New("handling the delivery panicked")
+var (
+	errWorkPanicked     = errors.New("handling the delivery panicked")
+	errWorkDidNotReturn = errors.New("handling the delivery ended without returning (runtime.Goexit)")
+)
 
 // Len is how many handled deliveries are remembered.
 func (d *dedupe) Len() int {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,15 +135,53 @@ func TestDedupeWindowAndCapacity(t *testing.T) {
 	})
 }
 
-func TestDedupeSurvivesAPanickingWork(t *testing.T) {
-	d := newDedupe(time.Hour, 10)
-	func() {
-		defer func() { recover() }()
-		d.do(t.Context(), "k", func(context.Context) error { panic("boom") })
-	}()
-	ran := false
-	if already, err := d.do(t.Context(), "k", func(context.Context) error { ran = true; return nil }); already || err != nil || !ran {
-		t.Fatalf("after a panic: already=%v err=%v ran=%v; want the work to run again", already, err, ran)
+// TestDedupeSurvivesWorkThatDoesNotReturn: work that panics, or ends its
+// goroutine with runtime.Goexit, fails for its caller and for a duplicate
+// waiting on it; it is not remembered, so the next delivery runs it again.
+func TestDedupeSurvivesWorkThatDoesNotReturn(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func()
+		want error
+	}{
+		{"panic", func() { panic("boom") }, errWorkPanicked},
+		{"Goexit", runtime.Goexit, errWorkDidNotReturn},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				d := newDedupe(time.Hour, 10)
+				first, waiter := make(chan error, 1), make(chan error, 1)
+				go func() {
+					var err error
+					defer func() { first <- err }() // runs after a Goexit too
+					_, err = d.do(t.Context(), "k", func(context.Context) error {
+						time.Sleep(time.Second) // the duplicate arrives meanwhile
+						tc.end()
+						return nil
+					})
+				}()
+				synctest.Wait()
+				go func() {
+					already, err := d.do(t.Context(), "k", func(context.Context) error { return nil })
+					if already {
+						err = errors.New("answered already handled")
+					}
+					waiter <- err
+				}()
+				if err := <-waiter; !errors.Is(err, tc.want) {
+					t.Errorf("the waiting duplicate: %v, want %v", err, tc.want)
+				}
+				if tc.name == "panic" {
+					if err := <-first; !errors.Is(err, tc.want) || !strings.Contains(err.Error(), "boom") || !strings.Contains(err.Error(), "goroutine") {
+						t.Errorf("the first caller: %v, want %v with the value and the stack", err, tc.want)
+					}
+				}
+				ran := false
+				if already, err := d.do(t.Context(), "k", func(context.Context) error { ran = true; return nil }); already || err != nil || !ran {
+					t.Fatalf("afterwards: already=%v err=%v ran=%v; want the work to run again", already, err, ran)
+				}
+			})
+		})
 	}
 }
 

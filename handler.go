@@ -120,7 +120,10 @@ func handleReadyz(ready func() bool) http.Handler {
 func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, k kind, v verifier, fetch fetchFunc, process processFunc, seen *dedupe) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The work for a delivery is shared with its duplicates (dedupe),
-		// so it ends at its deadline, not when this sender goes away.
+		// so it ends at its deadline, not when this sender goes away: a
+		// sender that hangs up holds its handler (and its connection's
+		// slot) until then, at most deliveryDeadline. Only verified
+		// deliveries get that far.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), deliveryDeadline)
 		defer cancel()
 		// Set as the delivery goes; a panic (net/http recovers it) counts
@@ -164,7 +167,7 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 			o = outcomeDuplicate
 		case err == nil:
 			o = outcomeProcessed
-		case errors.As(err, new(*processError)):
+		case errors.As(err, new(*processError)), errors.Is(err, errWorkPanicked), errors.Is(err, errWorkDidNotReturn):
 			o = outcomeProcessFailed
 		default:
 			o = outcomeFetchFailed
@@ -425,7 +428,7 @@ func logSummary(logger *slog.Logger) processFunc {
 // through encoding/json, which costs more than the rest of a summary line's
 // values together; a whole number (distances in centimetres are) is passed
 // as an int64 instead, which JSON prints the same, and text in full (2000000,
-// not 2e+06).
+// not 2e+06). -0 prints as 0.
 func number(key string, f float64) slog.Attr {
 	if f == math.Trunc(f) && math.Abs(f) < 1<<53 {
 		return slog.Int64(key, int64(f))

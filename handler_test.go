@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -544,7 +545,7 @@ func TestSummaryLineValues(t *testing.T) {
 // number as an int64. In JSON it must print as slog prints the float64; in
 // text it may print in full where slog would use an exponent, but it must
 // be the same number. A fraction, or a float too large for an exact int64,
-// stays a float64.
+// stays a float64. -0 (a saving that rounds to it) prints as 0.
 func TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats(t *testing.T) {
 	logged := func(format string, attr slog.Attr) string {
 		var out bytes.Buffer
@@ -560,6 +561,9 @@ func TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats(t *testing.T) {
 		if err != nil || got != f {
 			t.Errorf("%v in text: logged %s (%v)", f, logged("text", number("n", f)), err)
 		}
+	}
+	if got := logged("json", number("n", math.Copysign(0, -1))); got != "0" {
+		t.Errorf("-0 logged %s, want 0", got)
 	}
 }
 

@@ -3,8 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -208,6 +210,42 @@ func TestAPICallsAreCountedByStatusClass(t *testing.T) {
 	got := scrape(t, server.URL+"/metrics")
 	for class, want := range map[string]string{"2xx": "2", "3xx": "1", "4xx": "1", "5xx": "2", "error": "3"} {
 		if name := `optipick_webhooks_api_request_duration_seconds_count{status_class="` + class + `"}`; got[name] != want {
+			t.Errorf("%s = %q, want %q", name, got[name], want)
+		}
+	}
+}
+
+// TestFailedProcessingIsCountedAsSuch: a processor's error, and a panic in
+// the work, count as process_failed, not as a failed fetch.
+func TestFailedProcessingIsCountedAsSuch(t *testing.T) {
+	m := newServiceMetrics("test", func() int { return 0 })
+	v, err := newVerifier(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(ctx context.Context, k kind, id string) (*optimization, error) {
+		return &optimization{RequestID: id}, nil
+	}
+	calls := 0
+	process := func(ctx context.Context, d delivery, res *optimization) error {
+		if calls++; calls == 1 {
+			return errors.New("the store is down")
+		}
+		panic("a bug in the processor")
+	}
+	handler := newServer(slog.New(slog.DiscardHandler), v, fetch, process, newDedupe(time.Hour, 10), m, nil)
+	for range 2 {
+		resp := httptest.NewRecorder()
+		handler.ServeHTTP(resp, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+		if resp.Code < 500 {
+			t.Fatalf("a failed processing answered %d, want 5xx", resp.Code)
+		}
+	}
+	server := httptest.NewServer(m.handler())
+	defer server.Close()
+	got := scrape(t, server.URL+"/metrics")
+	for outcome, want := range map[string]string{"process_failed": "2", "fetch_failed": "0"} {
+		if name := `optipick_webhooks_deliveries_total{kind="cluster",outcome="` + outcome + `"}`; got[name] != want {
 			t.Errorf("%s = %q, want %q", name, got[name], want)
 		}
 	}
