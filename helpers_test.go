@@ -472,3 +472,11 @@ func runBriefly(t *testing.T, env map[string]string, args ...string) (logs strin
 	}
 	return stdout.String(), err
 }
+
+// decodeResult streams one result from r as the client does, with the
+// client's pooled resultReader.
+func decodeResult(r io.Reader, wantID string) (*optimization, error) {
+	rr := newResultReader(r, 0, false)
+	defer rr.release()
+	return rr.decode(wantID)
+}

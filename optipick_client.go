@@ -104,13 +104,13 @@ type optiPickClient struct {
 	urlPassword string // in OPTIPICK_API_URL, if any: redacted like the key
 	// apiKeyPattern matches the key in any letter case, as a proxy that
 	// rewrites what it echoes may send it.
-	apiKeyPattern *regexp.Regexp
-	keyRunes      int // the fewest bytes a match of apiKeyPattern can take
-	keepRaw       bool
-	header        http.Header // of every API call
-	http          *http.Client
-	slots         chan struct{}   // one per API call in flight
-	metrics       *serviceMetrics // nil: none
+	apiKeyPattern    *regexp.Regexp
+	minKeyMatchBytes int // the fewest bytes a match of apiKeyPattern can take: one a rune
+	keepRaw          bool
+	header           http.Header // of every API call
+	http             *http.Client
+	slots            chan struct{}   // one per API call in flight
+	metrics          *serviceMetrics // nil: none
 }
 
 // newOptiPickClient returns a client for the API at baseURL. keepRaw keeps
@@ -136,13 +136,13 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 		keyPattern = regexp.MustCompile("(?i)" + regexp.QuoteMeta(apiKey))
 	}
 	return &optiPickClient{
-		apiKeyPattern: keyPattern,
-		keyRunes:      utf8.RuneCountInString(apiKey),
-		header:        http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
-		optimizeURL:   baseURL.JoinPath("optimize").String(),
-		apiKey:        apiKey,
-		urlPassword:   password,
-		keepRaw:       keepRaw,
+		apiKeyPattern:    keyPattern,
+		minKeyMatchBytes: utf8.RuneCountInString(apiKey),
+		header:           http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
+		optimizeURL:      baseURL.JoinPath("optimize").String(),
+		apiKey:           apiKey,
+		urlPassword:      password,
+		keepRaw:          keepRaw,
 		http: &http.Client{
 			Transport: transport,
 			// The key goes to the configured API and nowhere else: a
@@ -334,14 +334,6 @@ func (rr *resultReader) readHead() []byte {
 	return rr.head
 }
 
-// decodeResult streams one result from r, keeping only the fields of the
-// summary. It refuses what is not this result: see resultReader.decode.
-func decodeResult(r io.Reader, wantID string) (*optimization, error) {
-	rr := newResultReader(r, 0, false)
-	defer rr.release()
-	return rr.decode(wantID)
-}
-
 // decode reads one result, keeping only the fields of the summary. It
 // refuses what is not this result: not a JSON object, trailing data, a
 // request_id missing, given twice, or other than wantID.
@@ -528,7 +520,7 @@ var (
 // redact replaces the API key, and a password in OPTIPICK_API_URL, in text
 // that came from the API or names its URL.
 func (c *optiPickClient) redact(text string) string {
-	if c.apiKeyPattern != nil && len(text) >= c.keyRunes { // most text is too short to hold it
+	if c.apiKeyPattern != nil && len(text) >= c.minKeyMatchBytes { // most text is too short to hold it
 		text = c.apiKeyPattern.ReplaceAllLiteralString(text, "[API key]")
 	}
 	if c.urlPassword != "" {
