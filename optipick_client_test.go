@@ -508,3 +508,26 @@ func TestRedactionFindsTheKeyInAnyLetterCase(t *testing.T) {
 		}
 	}
 }
+
+// TestReadingStopsAtTheResultCap: however much more the API sends, no
+// more than one byte past maxResultBytes is read.
+func TestReadingStopsAtTheResultCap(t *testing.T) {
+	body := &countingReader{r: io.MultiReader(strings.NewReader(`{"request_id":"`+testRequestID+`","pad":[`), &repeatReader{s: "0,"})}
+	if _, err := decodeResult(body, testRequestID); !errors.Is(err, errResultTooLarge) {
+		t.Fatalf("decodeResult: %v, want errResultTooLarge", err)
+	}
+	if body.n != maxResultBytes+1 {
+		t.Errorf("read %d bytes of the body, want %d", body.n, maxResultBytes+1)
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
