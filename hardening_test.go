@@ -316,6 +316,15 @@ func TestAnAPIEchoingTheKeyNeverPutsItInTheLogs(t *testing.T) {
 		{"in the site and the error of a result", `{"request_id":%[2]q,"site_name":"site of %[1]s","error":"no key %[1]s"}`},
 		{"in a string too long to read", `{"request_id":%[2]q,"x":"%[1]s` + strings.Repeat("k", maxTokenBytes) + `"}`},
 		{"upper-cased, in a body that is not JSON", `not json %[3]s`},
+		// Where a field is cut for the log, the key straddling the cut
+		// (15 of its bytes before it).
+		{"across the cut of a long site name", `{"request_id":%[2]q,"site_name":"` + strings.Repeat("a", maxSiteNameBytes-15) + `%[1]s"}`},
+		{"across the cut of a long error", `{"request_id":%[2]q,"error":"` + strings.Repeat("a", maxErrorBytes-15) + `%[1]s"}`},
+		{"in a long request_id", `{"request_id":"` + strings.Repeat("a", 49) + `%[1]s"}`},
+		{"in a request_id that is not an id", `{"request_id":"` + strings.Repeat("a", 48) + ` %[1]s"}`},
+		// jsontext's syntax errors say where they are by the object names,
+		// cut to 100 bytes keeping the start and the end.
+		{"in the names around a syntax error", `{"request_id":%[2]q,"` + strings.Repeat("a", 35) + `%[1]s":{"%[1]s` + strings.Repeat("a", 35) + `":nonsense}}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rig := newRig(t, testSecret)

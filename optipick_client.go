@@ -52,8 +52,11 @@ const (
 	// OptiPick's longest strings are URLs and messages of a few hundred bytes.
 	maxTokenBytes = 64 << 10
 
-	// maxExcerptBytes caps how much of an unexpected answer reaches the logs.
-	maxExcerptBytes = 256
+	// maxExcerptBytes caps how much of an unexpected answer reaches the logs;
+	// maxSiteNameBytes and maxErrorBytes, how much of those fields of a result.
+	maxExcerptBytes  = 256
+	maxSiteNameBytes = 200
+	maxErrorBytes    = 500
 )
 
 // kind is the kind of an optimization, and the path segment that names it
@@ -168,7 +171,9 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 	if err != nil {
 		return nil, c.redactError(err)
 	}
-	result.SiteName, result.Error = c.redact(result.SiteName), c.redact(result.Error)
+	// Redacted before they are cut, so that no cut can hide part of a key.
+	result.SiteName = excerptString(c.redact(result.SiteName), maxSiteNameBytes)
+	result.Error = excerptString(c.redact(result.Error), maxErrorBytes)
 	if result.Raw != nil {
 		result.Raw = []byte(c.redact(string(result.Raw)))
 	}
@@ -249,6 +254,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	rr := newResultReader(resp.Body, maxExcerptBytes+len(c.apiKey), c.keepRaw)
 	defer rr.release()
 	result, err := rr.decode(requestID)
+	err = withoutNames(err)
 	if rr.read > maxResultBytes {
 		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", target, maxResultBytes)
 	}
@@ -382,7 +388,10 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 	case res.RequestID == "":
 		return nil, errors.New("no request_id")
 	case res.RequestID != wantID:
-		return nil, fmt.Errorf("request_id is %s, not %s", excerptString(res.RequestID, 64), wantID)
+		if !validRequestID(res.RequestID) { // not shown, nor cut: an API may echo the key there
+			return nil, fmt.Errorf("request_id is not %s, nor an id (%d bytes)", wantID, len(res.RequestID))
+		}
+		return nil, fmt.Errorf("request_id is %s, not %s", res.RequestID, wantID)
 	}
 	return res, nil
 }
@@ -441,9 +450,9 @@ func (res *optimization) readField(dec *jsontext.Decoder, field resultField) err
 		case next == '"':
 			tok, err := dec.ReadToken()
 			if field == siteNameField {
-				res.SiteName = excerptString(tok.String(), 200)
+				res.SiteName = tok.String() // cut by fetch, after redaction
 			} else {
-				res.Error = excerptString(strings.TrimSpace(tok.String()), 500)
+				res.Error = strings.TrimSpace(tok.String())
 			}
 			return err
 		case next == '{' || next == '[':
@@ -455,7 +464,7 @@ func (res *optimization) readField(dec *jsontext.Decoder, field resultField) err
 		case next != 'n' && field == errorField:
 			// A number or boolean: one token, bounded by maxTokenBytes.
 			value, err := dec.ReadValue()
-			res.Error = excerptString(string(value), 500)
+			res.Error = string(value)
 			return err
 		}
 	case computationTimeField, asisDistanceField, optimalDistanceField:
@@ -516,6 +525,17 @@ var (
 	// errResultTooLarge: the result is over maxResultBytes.
 	errResultTooLarge = fmt.Errorf("a result over %d bytes", maxResultBytes)
 )
+
+// withoutNames drops the JSON pointer from a jsontext syntax error in err.
+// It is made of the result's object names, which an API could fill with the
+// key, and it is cut, keeping its start and end, where redaction could not
+// see the key whole. The byte offset stays.
+func withoutNames(err error) error {
+	if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
+		se.JSONPointer = ""
+	}
+	return err
+}
 
 // redact replaces the API key, and a password in OPTIPICK_API_URL, in text
 // that came from the API or names its URL.
