@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -220,18 +219,6 @@ type rejection struct {
 var tooLarge = &rejection{status: http.StatusRequestEntityTooLarge, outcome: outcomeTooLarge, answer: "body too large",
 	reason: fmt.Sprintf("body over %d bytes", maxBodyBytes)}
 
-// bodyBuffers hold delivery bodies while they are verified and decoded.
-var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// releaseBodyBuffer pools buf again, unless a large body grew it: genuine
-// bodies are tens of bytes, and the pool must not keep what junk made.
-func releaseBodyBuffer(buf *bytes.Buffer) {
-	if buf.Cap() <= 4<<10 {
-		buf.Reset()
-		bodyBuffers.Put(buf)
-	}
-}
-
 // readDelivery reads and verifies one delivery of kind k, in a fixed order:
 // cap the body, read it, verify its raw bytes (the library's check, after
 // bounding the headers it loops over), then decode it. Nothing of the body
@@ -241,12 +228,8 @@ func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (d
 	if r.ContentLength > maxBodyBytes {
 		return delivery{}, tooLarge
 	}
-	// The buffer grows with what arrives, never with what Content-Length
-	// declares. It is reused: nothing of the body outlives this call.
-	buf := bodyBuffers.Get().(*bytes.Buffer)
-	defer releaseBodyBuffer(buf)
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	body := buf.Bytes()
+	// The buffer grows with what arrives, never with what Content-Length declares.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
 		if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
 			return delivery{}, tooLarge

@@ -58,19 +58,6 @@ func TestMemoryFollowsTheBytesSentNotTheDeclaredLength(t *testing.T) {
 	rig.api.assertCalls(t, nil)
 }
 
-// TestAJunkBodyDoesNotStayInTheBufferPool: bodies are read into pooled
-// buffers, but one that a large body grew is dropped, so that a flood of
-// large junk leaves no memory behind.
-func TestAJunkBodyDoesNotStayInTheBufferPool(t *testing.T) {
-	big := bytes.NewBuffer(make([]byte, 0, maxBodyBytes))
-	releaseBodyBuffer(big)
-	for range 100 {
-		if got := bodyBuffers.Get().(*bytes.Buffer); got == big || got.Cap() > 4<<10 {
-			t.Fatalf("the pool holds a %d-byte buffer", got.Cap())
-		}
-	}
-}
-
 // TestAnAnswerThatIsNotThisResultIsAFailedFetch: a redirect (never
 // followed: the key goes nowhere else) or a 200 that is not this result is
 // answered 502, logged at ERROR with why, and not remembered, so that
