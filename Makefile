@@ -105,8 +105,8 @@ bench: ## Go benchmarks, BENCHCOUNT runs each into bin/bench.txt; prints benchst
 	@go run $(BENCHSTAT) bin/bench.txt
 	@go run $(BENCHSTAT) -format csv bin/bench.txt 2>/dev/null | awk -f scripts/bench-ratios.awk
 
-loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=3; METRICS=1 adds the receiver with metrics on)
-	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),3) $(if $(METRICS),-metrics)
+loadtest: build ## the built receiver vs a bare baseline server on loopback (N=5000 C=64 ROUNDS=5; METRICS=1 adds the receiver with metrics on)
+	go run ./cmd/loadtest -receiver $(BINARY) -n $(or $(N),5000) -c $(or $(C),64) -rounds $(or $(ROUNDS),5) $(if $(METRICS),-metrics)
 
 chaos: ## 1,000 events through receiver kills, restarts and API outages; 0 lost or it fails (ARGS=-seed 7 ...)
 	go run ./cmd/chaos $(ARGS)
