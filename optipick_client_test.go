@@ -363,10 +363,15 @@ func TestResultSizeCap(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				base, _ := url.Parse("http://optipick.test")
 				client := newOptiPickClient(base, testAPIKey, false, handlerTransport{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					// Many small tokens (no single one may exceed maxTokenBytes).
+					// Long strings, each under maxTokenBytes (few tokens, so
+					// it is quick), then "0," to make the size exact.
 					head, tail := `{"request_id":"`+testRequestID+`","site_name":"Big","pad":[`, `0]}`
 					io.WriteString(w, head)
 					rest := tc.size - len(head) - len(tail)
+					unit := `"` + strings.Repeat("a", maxTokenBytes/2) + `",`
+					units := rest/len(unit) - 1
+					io.Copy(w, io.LimitReader(&repeatReader{s: unit}, int64(units*len(unit))))
+					rest -= units * len(unit)
 					if rest%2 == 1 {
 						io.WriteString(w, " ")
 						rest--
@@ -422,9 +427,10 @@ type repeatReader struct {
 }
 
 func (r *repeatReader) Read(p []byte) (int, error) {
-	for i := range p {
-		p[i] = r.s[r.off%len(r.s)]
-		r.off++
+	for n := 0; n < len(p); {
+		copied := copy(p[n:], r.s[r.off%len(r.s):])
+		n += copied
+		r.off += copied
 	}
 	return len(p), nil
 }
@@ -512,7 +518,9 @@ func TestRedactionFindsTheKeyInAnyLetterCase(t *testing.T) {
 // TestReadingStopsAtTheResultCap: however much more the API sends, no
 // more than one byte past maxResultBytes is read.
 func TestReadingStopsAtTheResultCap(t *testing.T) {
-	body := &countingReader{r: io.MultiReader(strings.NewReader(`{"request_id":"`+testRequestID+`","pad":[`), &repeatReader{s: "0,"})}
+	// Long strings, each under the token cap: few tokens, so it is quick.
+	pad := &repeatReader{s: `"` + strings.Repeat("a", maxTokenBytes/2) + `",`}
+	body := &countingReader{r: io.MultiReader(strings.NewReader(`{"request_id":"`+testRequestID+`","pad":[`), pad)}
 	if _, err := decodeResult(body, testRequestID); !errors.Is(err, errResultTooLarge) {
 		t.Fatalf("decodeResult: %v, want errResultTooLarge", err)
 	}
