@@ -81,6 +81,7 @@ func TestAnAnswerThatIsNotThisResultIsAFailedFetch(t *testing.T) {
 		{"null", text(`null`), "not a JSON object"},
 		{"array", text(`[]`), "not a JSON object"},
 		{"another result", text(`{"request_id":"674f5c1e2b8a4d0012ab0000","site_name":"Elsewhere"}`), "request_id is 674f5c1e2b8a4d0012ab0000, not " + testRequestID},
+		{"a request_id that is not an id", text(`{"request_id":"` + strings.Repeat("x ", 5000) + `"}`), "request_id is not " + testRequestID + ", nor an id (10000 bytes)"},
 		{"request_id of another type", text(`{"request_id":7}`), "not with this result: no request_id"},
 		{"request_id twice", text(`{"request_id":"` + testRequestID + `","request_id":"other"}`), "request_id given twice"},
 		{"data after the result", text(`{"request_id":"` + testRequestID + `"} {}`), "data after the JSON object"},
@@ -296,13 +297,17 @@ func TestUnverifiedHeadersReachTheLogsEscaped(t *testing.T) {
 func TestAnAPIEchoingTheKeyNeverPutsItInTheLogs(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		answer string // %[1]s is the key, %[2]s the request_id
+		answer string // %[1]s is the key, %[2]s the request_id, %[4]s the key JSON-escaped
 	}{
 		{"as the request_id", `{"request_id":%[1]q}`},
 		{"in a name of a broken result", `{"request_id":%[2]q,%[1]q:tru}`},
 		{"in the site and the error of a result", `{"request_id":%[2]q,"site_name":"site of %[1]s","error":"no key %[1]s"}`},
 		{"in a string too long to read", `{"request_id":%[2]q,"x":"%[1]s` + strings.Repeat("k", maxTokenBytes) + `"}`},
 		{"upper-cased, in a body that is not JSON", `not json %[3]s`},
+		// A JSON encoder may escape any character: excerpts and the
+		// result at debug level show the body raw.
+		{"JSON-escaped, in a 200 that is not the result", `{"message":"bad key %[4]s"}`},
+		{"JSON-escaped, in an unknown field of a result", `{"request_id":%[2]q,"echo":"%[4]s"}`},
 		// Where a field is cut for the log, the key straddling the cut
 		// (15 of its bytes before it).
 		{"across the cut of a long site name", `{"request_id":%[2]q,"site_name":"` + strings.Repeat("a", maxSiteNameBytes-15) + `%[1]s"}`},
@@ -317,7 +322,15 @@ func TestAnAPIEchoingTheKeyNeverPutsItInTheLogs(t *testing.T) {
 			rig := newRig(t, testSecret)
 			rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
 				key := r.Header.Get("X-API-KEY")
-				fmt.Fprintf(w, tc.answer, key, testRequestID, strings.ToUpper(key))
+				escaped := ""
+				for i, r := range key { // every other character, in both cases of hex
+					if i%2 == 0 {
+						escaped += fmt.Sprintf(`\u%04X`, r)
+					} else {
+						escaped += fmt.Sprintf(`\u%04x`, r)
+					}
+				}
+				fmt.Fprintf(w, tc.answer, key, testRequestID, strings.ToUpper(key), escaped)
 			}
 			rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
 			// assertNoSecrets runs at cleanup; this shows the key was there to leak.
@@ -391,26 +404,32 @@ func TestURLCredentialsNeverReachTheLogs(t *testing.T) {
 		{"500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusInternalServerError) }},
 		{"200 that is not this result", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"message":"x"}`) }},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				api := &fakeAPI{}
-				var user, password string
-				api.respond = func(w http.ResponseWriter, r *http.Request) {
-					user, password, _ = r.BasicAuth()
-					tc.answer(w, r)
-				}
-				rig := buildRig(t, rigConfig{api: api, apiURL: "http://svc:pa55word@optipick.test/latest/", transport: handlerTransport{api},
-					secrets: []string{testSecret}, level: slog.LevelDebug, format: "text"})
-				if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusBadGateway {
-					t.Fatalf("status %d, want 502", resp.Code)
-				}
-				if user != "svc" || password != "pa55word" {
-					t.Errorf("the API got user %q password %q", user, password)
-				}
-				if logs := rig.logs.String(); strings.Contains(logs, "pa55word") || !strings.Contains(logs, "Svix will retry") {
-					t.Errorf("logs hold the password, or lack the failure:\n%s", logs)
-				}
+		for _, secret := range []struct{ inURL, password string }{
+			{"pa55word", "pa55word"},
+			{"p%40ss%2Fw0rd", "p@ss/w0rd"}, // percent-encoded in the URL
+		} {
+			t.Run(tc.name+"/"+secret.inURL, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					api := &fakeAPI{}
+					var user, password string
+					api.respond = func(w http.ResponseWriter, r *http.Request) {
+						user, password, _ = r.BasicAuth()
+						tc.answer(w, r)
+					}
+					rig := buildRig(t, rigConfig{api: api, apiURL: "http://svc:" + secret.inURL + "@optipick.test/latest/", transport: handlerTransport{api},
+						secrets: []string{testSecret}, level: slog.LevelDebug, format: "text"})
+					if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusBadGateway {
+						t.Fatalf("status %d, want 502", resp.Code)
+					}
+					if user != "svc" || password != secret.password {
+						t.Errorf("the API got user %q password %q", user, password)
+					}
+					logs := rig.logs.String()
+					if strings.Contains(logs, secret.password) || strings.Contains(logs, secret.inURL) || !strings.Contains(logs, "Svix will retry") {
+						t.Errorf("logs hold the password, or lack the failure:\n%s", logs)
+					}
+				})
 			})
-		})
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -108,7 +109,9 @@ type optiPickClient struct {
 	// apiKeyPattern matches the key in any letter case, as a proxy that
 	// rewrites what it echoes may send it.
 	apiKeyPattern    *regexp.Regexp
-	minKeyMatchBytes int // the fewest bytes a match of apiKeyPattern can take: one a rune
+	minKeyMatchBytes int    // the fewest bytes a match of apiKeyPattern can take: one a rune
+	maxKeyMatchBytes int    // the most: a JSON escape of a surrogate pair, 12 bytes, a rune
+	shownOptimizeURL string // optimizeURL without a user or password, for messages
 	keepRaw          bool
 	header           http.Header // of every API call
 	http             *http.Client
@@ -136,11 +139,15 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 	password, _ := baseURL.User.Password()
 	var keyPattern *regexp.Regexp
 	if apiKey != "" {
-		keyPattern = regexp.MustCompile("(?i)" + regexp.QuoteMeta(apiKey))
+		keyPattern = echoPattern(apiKey)
 	}
+	shown := *baseURL
+	shown.User = nil
 	return &optiPickClient{
 		apiKeyPattern:    keyPattern,
 		minKeyMatchBytes: utf8.RuneCountInString(apiKey),
+		maxKeyMatchBytes: 12 * utf8.RuneCountInString(apiKey),
+		shownOptimizeURL: shown.JoinPath("optimize").String(),
 		header:           http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
 		optimizeURL:      baseURL.JoinPath("optimize").String(),
 		apiKey:           apiKey,
@@ -241,25 +248,25 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		// Read enough to see whole any copy of the key that starts within
 		// the excerpt, then drain a little more so that the connection can
 		// be reused.
-		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxExcerptBytes+len(c.apiKey))))
+		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxExcerptBytes+c.maxKeyMatchBytes)))
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, &apiError{
 			Status:     resp.StatusCode,
-			URL:        target, // redacted with the whole error, by fetch
+			URL:        c.shown(target),
 			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 			Excerpt:    c.excerpt(head),
 		}
 	}
 
-	rr := newResultReader(resp.Body, maxExcerptBytes+len(c.apiKey), c.keepRaw)
+	rr := newResultReader(resp.Body, maxExcerptBytes+c.maxKeyMatchBytes, c.keepRaw)
 	defer rr.release()
 	result, err := rr.decode(requestID)
 	err = withoutNames(err)
 	if rr.read > maxResultBytes {
-		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", target, maxResultBytes)
+		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", c.shown(target), maxResultBytes)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", target, err, c.excerpt(rr.readHead()))
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", c.shown(target), err, c.excerpt(rr.readHead()))
 	}
 	if rr.raw != nil {
 		result.Raw = rr.raw.Bytes()
@@ -529,12 +536,47 @@ var (
 // withoutNames drops the JSON pointer from a jsontext syntax error in err.
 // It is made of the result's object names, which an API could fill with the
 // key, and it is cut, keeping its start and end, where redaction could not
-// see the key whole. The byte offset stays.
+// see the key whole. The byte offset stays, and the error's own text, which
+// quotes at most one character or escape sequence of the input.
 func withoutNames(err error) error {
 	if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
 		se.JSONPointer = ""
 	}
 	return err
+}
+
+// echoPattern matches key as text from the API may echo it: in any letter
+// case, and with any of its characters written as a JSON escape (\u0041,
+// \u0061, \/), which a JSON encoder may write, in a body that is logged
+// raw (an excerpt, or the result at debug level). Decoded fields hold the
+// key plain, and match too.
+func echoPattern(key string) *regexp.Regexp {
+	var b strings.Builder
+	b.WriteString("(?i)") // letter case, also of the escapes' hex digits
+	for _, r := range key {
+		b.WriteString("(?:" + regexp.QuoteMeta(string(r)))
+		for f := r; ; {
+			if r1, r2 := utf16.EncodeRune(f); r1 != utf8.RuneError {
+				fmt.Fprintf(&b, `|\\u%04x\\u%04x`, r1, r2)
+			} else {
+				fmt.Fprintf(&b, `|\\u%04x`, f)
+			}
+			if f = unicode.SimpleFold(f); f == r {
+				break
+			}
+		}
+		if r == '/' {
+			b.WriteString(`|\\/`)
+		}
+		b.WriteString(")")
+	}
+	return regexp.MustCompile(b.String())
+}
+
+// shown is target, a URL under optimizeURL, as messages show it: without
+// the user and password of OPTIPICK_API_URL.
+func (c *optiPickClient) shown(target string) string {
+	return c.shownOptimizeURL + strings.TrimPrefix(target, c.optimizeURL)
 }
 
 // redact replaces the API key, and a password in OPTIPICK_API_URL, in text
@@ -590,7 +632,7 @@ func excerptString(s string, max int) string {
 // apiError is an API answer other than 200.
 type apiError struct {
 	Status     int
-	URL        string        // what was fetched (never holds the key or a password)
+	URL        string        // what was fetched, without a user or password
 	RetryAfter time.Duration // 0 when the API did not say
 	Excerpt    string        // the start of the answer's body, made safe to log
 }

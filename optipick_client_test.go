@@ -515,6 +515,23 @@ func TestRedactionFindsTheKeyInAnyLetterCase(t *testing.T) {
 	}
 }
 
+// TestRedactionFindsTheKeyJSONEscaped: in a body logged raw, any character
+// of the key may be a JSON escape, of any of its letter cases, and / may be
+// \/.
+func TestRedactionFindsTheKeyJSONEscaped(t *testing.T) {
+	base, _ := url.Parse("http://optipick.test")
+	c := newOptiPickClient(base, "ſk/01😀", false, nil)
+	for _, text := range []string{
+		`\u017fk\/01\ud83d\ude00`,      // every escapable character escaped
+		`\u0053\u212A\u002F01😀`,        // S for ſ, the Kelvin sign for k, / escaped
+		`"\u0073\u004b/\u0030\u0031😀"`, // s and K escaped, upper-case hex
+	} {
+		if got := c.redact(text); strings.Contains(got, "01") || !strings.Contains(got, "[API key]") {
+			t.Errorf("redact(%q) = %q", text, got)
+		}
+	}
+}
+
 // TestReadingStopsAtTheResultCap: however much more the API sends, no
 // more than one byte past maxResultBytes is read.
 func TestReadingStopsAtTheResultCap(t *testing.T) {
