@@ -156,7 +156,6 @@ type limitedConn struct {
 	// guarded by l.mu
 	released        bool
 	carriedVerified bool // it has carried a verified delivery
-
 }
 
 func (c *limitedConn) Close() error {

@@ -90,9 +90,9 @@ func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) 
 	returned := false
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: %v\n%s", errWorkPanicked, p, debug.Stack())
+			err = fmt.Errorf("%w: it panicked: %v\n%s", errWorkDidNotReturn, p, debug.Stack())
 		} else if !returned {
-			err = errWorkDidNotReturn
+			err = fmt.Errorf("%w: it called runtime.Goexit", errWorkDidNotReturn)
 		}
 		f.err = err
 		d.mu.Lock()
@@ -108,10 +108,8 @@ func (d *dedupe) do(ctx context.Context, key string, work func(context.Context) 
 	return false, err
 }
 
-var (
-	errWorkPanicked     = errors.New("handling the delivery panicked")
-	errWorkDidNotReturn = errors.New("handling the delivery ended without returning (runtime.Goexit)")
-)
+// errWorkDidNotReturn: the work panicked or called runtime.Goexit.
+var errWorkDidNotReturn = errors.New("handling the delivery did not return")
 
 // Len is how many handled deliveries are remembered.
 func (d *dedupe) Len() int {

@@ -144,7 +144,7 @@ func TestDedupeSurvivesWorkThatDoesNotReturn(t *testing.T) {
 		end  func()
 		want error
 	}{
-		{"panic", func() { panic("boom") }, errWorkPanicked},
+		{"panic", func() { panic("boom") }, errWorkDidNotReturn},
 		{"Goexit", runtime.Goexit, errWorkDidNotReturn},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -166,7 +166,7 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 			o = outcomeDuplicate
 		case err == nil:
 			o = outcomeProcessed
-		case errors.As(err, new(*processError)), errors.Is(err, errWorkPanicked), errors.Is(err, errWorkDidNotReturn):
+		case errors.As(err, new(*processError)), errors.Is(err, errWorkDidNotReturn):
 			o = outcomeProcessFailed
 		default:
 			o = outcomeFetchFailed

@@ -106,11 +106,13 @@ type optiPickClient struct {
 	optimizeURL string // {base}/optimize, without a trailing slash
 	apiKey      string
 	urlPassword string // in OPTIPICK_API_URL, if any: redacted like the key
-	// apiKeyPattern matches the key in any letter case, as a proxy that
-	// rewrites what it echoes may send it.
+	// apiKeyPattern matches the key as an API may echo it (echoPattern).
 	apiKeyPattern    *regexp.Regexp
-	minKeyMatchBytes int    // the fewest bytes a match of apiKeyPattern can take: one a rune
-	maxKeyMatchBytes int    // the most: a JSON escape of a surrogate pair, 12 bytes, a rune
+	minKeyMatchBytes int // the fewest bytes a match of apiKeyPattern can take: one a rune
+	// headBytes is how much of an answer is read for its excerpt: enough
+	// that a copy of the key starting within the excerpt is read whole,
+	// even written as JSON escapes (at most 12 bytes a rune).
+	headBytes        int
 	shownOptimizeURL string // optimizeURL without a user or password, for messages
 	keepRaw          bool
 	header           http.Header // of every API call
@@ -146,7 +148,7 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 	return &optiPickClient{
 		apiKeyPattern:    keyPattern,
 		minKeyMatchBytes: utf8.RuneCountInString(apiKey),
-		maxKeyMatchBytes: 12 * utf8.RuneCountInString(apiKey),
+		headBytes:        maxExcerptBytes + 12*utf8.RuneCountInString(apiKey),
 		shownOptimizeURL: shown.JoinPath("optimize").String(),
 		header:           http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
 		optimizeURL:      baseURL.JoinPath("optimize").String(),
@@ -245,10 +247,9 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	}()
 
 	if resp.StatusCode != http.StatusOK {
-		// Read enough to see whole any copy of the key that starts within
-		// the excerpt, then drain a little more so that the connection can
-		// be reused.
-		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxExcerptBytes+c.maxKeyMatchBytes)))
+		// Read the excerpt, then drain a little more so that the
+		// connection can be reused.
+		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(c.headBytes)))
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil, &apiError{
 			Status:     resp.StatusCode,
@@ -258,10 +259,10 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		}
 	}
 
-	rr := newResultReader(resp.Body, maxExcerptBytes+c.maxKeyMatchBytes, c.keepRaw)
+	rr := newResultReader(resp.Body, c.headBytes, c.keepRaw)
 	defer rr.release()
 	result, err := rr.decode(requestID)
-	err = withoutNames(err)
+	withoutNames(err)
 	if rr.read > maxResultBytes {
 		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", c.shown(target), maxResultBytes)
 	}
@@ -538,11 +539,10 @@ var (
 // key, and it is cut, keeping its start and end, where redaction could not
 // see the key whole. The byte offset stays, and the error's own text, which
 // quotes at most one character or escape sequence of the input.
-func withoutNames(err error) error {
+func withoutNames(err error) {
 	if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
 		se.JSONPointer = ""
 	}
-	return err
 }
 
 // echoPattern matches key as text from the API may echo it: in any letter
