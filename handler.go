@@ -187,10 +187,12 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 	})
 }
 
-// writeText answers 200 with text. Naming its type spares net/http
-// sniffing it, which costs more than the rest of writing the answer.
+// writeText answers 200 with text. net/http names its type by sniffing
+// (text/plain; charset=utf-8), without touching the header map: setting it
+// by hand makes WriteHeader copy the map, which cost about 11,000
+// instructions a delivery under load, sniffing included (cachegrind,
+// scripts/ablate.sh).
 func writeText(w http.ResponseWriter, text string) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, text)
 }
 

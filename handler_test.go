@@ -31,8 +31,8 @@ func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
 			rig := newRig(t, testSecret)
 			resp := rig.deliver(signedDelivery(t, testSecret, tc.path, requestBody(testRequestID)))
 
-			if resp.Code != http.StatusOK {
-				t.Fatalf("status = %d, want 200; body %q", resp.Code, resp.Body)
+			if resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" || resp.Header().Get("Content-Type") != "text/plain; charset=utf-8" {
+				t.Fatalf("answer = %d %q (%s), want 200 \"fetched\\n\" (text/plain; charset=utf-8)", resp.Code, resp.Body, resp.Header().Get("Content-Type"))
 			}
 			want := []apiCall{{Path: "/optimize/" + tc.kind + "/" + testRequestID, APIKey: testAPIKey}}
 			rig.api.assertCalls(t, want)

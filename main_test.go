@@ -68,9 +68,10 @@ func TestRunEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	answer, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("delivery: status %d, want 200", resp.StatusCode)
+	if resp.StatusCode != http.StatusOK || string(answer) != "fetched\n" || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Fatalf("delivery: %s %q (%s), want 200 \"fetched\\n\" (text/plain; charset=utf-8)", resp.Status, answer, resp.Header.Get("Content-Type"))
 	}
 	api.assertCalls(t, []apiCall{{Path: "/optimize/route/" + testRequestID, APIKey: testAPIKey}})
 	fetched := waitFor("optimization fetched")
