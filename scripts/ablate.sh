@@ -53,7 +53,7 @@ command -v valgrind >/dev/null || { echo "ablate: CACHEGRIND=1 needs valgrind (D
 cat >"$work/cg.sh" <<EOF
 #!/usr/bin/env bash
 if [ "\$CG_TARGET" = baseline ]; then set -- "$work/bin/loadtest" -serve-baseline; else set -- "$work/bin/receiver"; fi
-exec valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="\$CG_OUT" "\$@"
+exec valgrind -q --tool=cachegrind --cache-sim=no --cachegrind-out-file="\$CG_OUT" "\$@"
 EOF
 chmod +x "$work/cg.sh"
 perDelivery() { # target, switches: instructions for one delivery
