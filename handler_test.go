@@ -53,6 +53,45 @@ func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
 	}
 }
 
+// TestAnswersAreShortPlainText: every 200 the service writes itself, over
+// a real server, is its short text as text/plain; charset=utf-8, which
+// net/http names by sniffing (writeText).
+func TestAnswersAreShortPlainText(t *testing.T) {
+	rig := newRig(t, testSecret)
+	server := httptest.NewServer(rig.handler)
+	defer server.Close()
+	now := time.Now()
+	delivery := func() *http.Request { // the same message each time
+		req := signedDeliveryAt(t, testSecret, server.URL+"/webhook/cluster", requestBody(testRequestID), "msg_answers", now)
+		req.RequestURI = ""
+		return req
+	}
+	get := func(path string) *http.Request {
+		req, _ := http.NewRequest(http.MethodGet, server.URL+path, nil)
+		return req
+	}
+	for _, tc := range []struct {
+		name string
+		req  *http.Request
+		want string
+	}{
+		{"liveness", get("/healthz"), "ok\n"},
+		{"readiness", get("/readyz"), "ready\n"},
+		{"a delivery", delivery(), "fetched\n"},
+		{"the same delivery again", delivery(), "already handled\n"},
+	} {
+		resp, err := http.DefaultClient.Do(tc.req)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != tc.want || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Errorf("%s: %s %q (%s), want 200 %q (text/plain; charset=utf-8)", tc.name, resp.Status, body, resp.Header.Get("Content-Type"), tc.want)
+		}
+	}
+}
+
 func TestOptimizationErrorIsLoggedAsWarningAndAcknowledged(t *testing.T) {
 	rig := newRig(t, testSecret)
 	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
