@@ -366,13 +366,14 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 	var unquoted []byte
 	sawRequestID := false // a second request_id, of any type, is refused
 	for dec.PeekKind() != '}' {
-		name, err := dec.ReadValue() // the quoted name, as sent
+		quoted, err := dec.ReadValue() // the name, as sent
 		if err != nil {
 			return nil, err
 		}
+		name := quoted[1 : len(quoted)-1]
 		if bytes.IndexByte(name, '\\') >= 0 { // an escaped name: rare, so unquote only then
-			unquoted, _ = jsontext.AppendUnquote(unquoted[:0], name)
-			name = append(append(name[:0:0], '"'), append(unquoted, '"')...)
+			unquoted, _ = jsontext.AppendUnquote(unquoted[:0], quoted)
+			name = unquoted
 		}
 		// name is valid only until the next read: take what it says first.
 		field := fieldNamed(name)
@@ -419,24 +420,24 @@ const (
 	picksField
 )
 
-// fieldNamed is the field whose quoted name is quoted.
-func fieldNamed(quoted []byte) resultField {
-	switch string(quoted) { // compiled without a conversion
-	case `"request_id"`:
+// fieldNamed is the field called name (unquoted).
+func fieldNamed(name []byte) resultField {
+	switch string(name) { // compiled without a conversion
+	case "request_id":
 		return requestIDField
-	case `"site_name"`:
+	case "site_name":
 		return siteNameField
-	case `"error"`:
+	case "error":
 		return errorField
-	case `"computation_time"`:
+	case "computation_time":
 		return computationTimeField
-	case `"asis_distance"`:
+	case "asis_distance":
 		return asisDistanceField
-	case `"optimal_distance"`:
+	case "optimal_distance":
 		return optimalDistanceField
-	case `"optimal_clusters"`:
+	case "optimal_clusters":
 		return optimalClustersField
-	case `"picks"`:
+	case "picks":
 		return picksField
 	}
 	return otherField
@@ -466,8 +467,11 @@ func (res *optimization) readField(dec *jsontext.Decoder, field resultField) err
 		case next == '{' || next == '[':
 			// Not a message: say so, without holding the value.
 			if field == errorField {
-				res.Error = "OptiPick reported an error as a JSON " + map[jsontext.Kind]string{'{': "object", '[': "array"}[next] +
-					" (LOG_LEVEL=debug logs the whole result)"
+				what := "object"
+				if next == '[' {
+					what = "array"
+				}
+				res.Error = "OptiPick reported an error as a JSON " + what + " (LOG_LEVEL=debug logs the whole result)"
 			}
 		case next != 'n' && field == errorField:
 			// A number or boolean: one token, bounded by maxTokenBytes.

@@ -218,6 +218,7 @@ func TestResultDecodingIsLenient(t *testing.T) {
 		{"a field of another type", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
 		{"error as a string", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
 		{"error as an object", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":{"code":7}}`, false, "S", "OptiPick reported an error as a JSON object (LOG_LEVEL=debug logs the whole result)", 0},
+		{"error as an array", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":["x"]}`, false, "S", "OptiPick reported an error as a JSON array (LOG_LEVEL=debug logs the whole result)", 0},
 		{"error as a number", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":7}`, false, "S", "7", 0},
 		{"clusters that are not objects are still counted", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","optimal_clusters":["a",[1],null]}`, false, "S", "", 3},
 		{"not JSON", `<html>`, true, "", "", 0},
