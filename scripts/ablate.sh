@@ -89,19 +89,18 @@ perDelivery() { # target, switches: instructions for one delivery
 	echo $((($(sed -n 's/^summary: //p' "$work/cg.3000") - $(sed -n 's/^summary: //p' "$work/cg.1000")) / 2000))
 }
 echo "$rev: instructions per delivery, each run, and the first run's ratio to the baseline's first"
-line="" base=""
-for _ in $(seq "$runs"); do
-	count=$(perDelivery baseline "")
-	line+="  $count"
-	base=${base:-$count}
-done
-printf '%-34s%s\n' baseline "$line"
-for i in "${!names[@]}"; do
-	line="" first=""
+base=""
+row() { # name, target, switches: its runs, and the first run's ratio to the baseline's
+	local line="" first="" count
 	for _ in $(seq "$runs"); do
-		count=$(perDelivery receiver "${switches[$i]}")
+		count=$(perDelivery "$2" "$3")
 		line+="  $count"
 		first=${first:-$count}
 	done
-	printf '%-34s%s  (%s x)\n' "${names[$i]}" "$line" "$(awk -v a="$first" -v b="$base" 'BEGIN { printf "%.2f", a / b }')"
+	base=${base:-$first} # the first row is the baseline
+	printf '%-34s%s  (%s x)\n' "$1" "$line" "$(awk -v a="$first" -v b="$base" 'BEGIN { printf "%.2f", a / b }')"
+}
+row baseline baseline ""
+for i in "${!names[@]}"; do
+	row "${names[$i]}" receiver "${switches[$i]}"
 done
