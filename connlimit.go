@@ -121,23 +121,28 @@ func (l *connLimitListener) protect(c *limitedConn) {
 }
 
 // shedOne closes a sheddable connection accepted at least shedAfter ago,
-// drawn at random, first among those that never carried a verified
-// delivery, and reports whether there was one.
+// drawn at random, and reports whether there was one. A connection that
+// carried a verified delivery (Svix's keep-alive) is shed only when no
+// connection that never carried one is open at all: while one is, however
+// young, the newcomer waits for it to come of age instead.
 func (l *connLimitListener) shedOne() bool {
 	l.mu.Lock()
 	var never, carried []*limitedConn
+	youngNever := false
 	for c := range l.sheddable {
-		switch {
-		case time.Since(c.accepted) < shedAfter:
-		case c.carriedVerified:
+		switch old := time.Since(c.accepted) >= shedAfter; {
+		case c.carriedVerified && old:
 			carried = append(carried, c)
-		default:
+		case c.carriedVerified:
+		case old:
 			never = append(never, c)
+		default:
+			youngNever = true
 		}
 	}
 	l.mu.Unlock()
 	victims := never
-	if len(victims) == 0 {
+	if len(victims) == 0 && !youngNever {
 		victims = carried
 	}
 	if len(victims) == 0 {

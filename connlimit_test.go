@@ -239,3 +239,32 @@ func TestSilentConnectionsAreShed(t *testing.T) {
 		}
 	})
 }
+
+// TestAKeepAliveSenderIsNotShedForAYoungConnection: with every slot taken
+// by a keep-alive connection that carried a verified delivery and one that
+// was just accepted, a newcomer waits for the young one to be shedAfter
+// old and sheds it: the sender's connection is shed only when no
+// connection that never carried a verified delivery is open at all.
+func TestAKeepAliveSenderIsNotShedForAYoungConnection(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := startBubbleServer(t, limitTestMux(nil), 2)
+		sender := idleConn(t, s, "/verified")
+		time.Sleep(2 * shedAfter)
+		young := s.dial(t) // and silence
+		synctest.Wait()
+		start := time.Now()
+		if resp, err := send(s.dial(t), getHealthz); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("newcomer: %v %v", resp, err)
+		}
+		if waited := time.Since(start); waited > shedAfter {
+			t.Errorf("newcomer waited %v, want at most %v", waited, shedAfter)
+		}
+		synctest.Wait()
+		if isClosed(sender) {
+			t.Error("the keep-alive connection that carried a verified delivery was shed while a never-verified one was open")
+		}
+		if !isClosed(young) {
+			t.Error("the young, never-verified connection was not shed")
+		}
+	})
+}

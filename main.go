@@ -37,8 +37,10 @@ const (
 
 	// maxConnections bounds the connections served at once (see
 	// connLimitListener): with the server's timeouts and the body cap, it
-	// bounds what clients can make the service hold.
-	maxConnections = 256
+	// bounds what clients can make the service hold. The metrics port has
+	// a cap of its own: a scraper or two need a handful.
+	maxConnections        = 256
+	maxMetricsConnections = 16
 
 	// dedupeCapacity bounds how many handled deliveries are remembered.
 	dedupeCapacity = 100_000
@@ -142,12 +144,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(listener) }()
 	if metrics != nil {
-		metricsListener, err := net.Listen("tcp", cfg.metricsAddr)
+		tcp, err := net.Listen("tcp", cfg.metricsAddr)
 		if err != nil {
 			srv.Close()
 			return fmt.Errorf("METRICS_ADDR: cannot listen: %w", err)
 		}
+		metricsListener := newConnLimitListener(tcp, maxMetricsConnections)
 		metricsSrv := newHTTPServer(metrics.handler(), logger)
+		metricsSrv.ConnState, metricsSrv.ConnContext = metricsListener.trackState, metricsListener.connContext
 		servers = append(servers, metricsSrv)
 		go func() { serveErr <- metricsSrv.Serve(metricsListener) }()
 		logger.Info("serving metrics", "addr", metricsListener.Addr().String(), "path", "/metrics")
