@@ -154,7 +154,7 @@ func TestDedupeWindowIsExact(t *testing.T) {
 		d := newDedupe(time.Hour, 10)
 		runs := 0
 		do := func() bool {
-			already, err := d.do(t.Context(), "k", func(context.Context) error { runs++; return nil })
+			already, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error { runs++; return nil })
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -29,43 +29,120 @@ func TestRetriedMessageIsNotFetchedAgain(t *testing.T) {
 	if resp := rig.deliver(first); resp.Code != http.StatusOK {
 		t.Fatalf("first delivery: %d", resp.Code)
 	}
-	// Svix's retry or a manual resend: same id, new timestamp and signature.
-	again := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_retried", time.Now().Add(time.Second))
-	resp := rig.deliver(again)
-	if resp.Code != http.StatusOK || resp.Body.String() != "already handled\n" {
-		t.Fatalf("resend: %d %q, want 200 already handled", resp.Code, resp.Body)
+	// Svix's retry or a manual resend: same id, new timestamp and signature;
+	// /webhook is the cluster path of OptiPick's original example.
+	for _, path := range []string{"/webhook/cluster", "/webhook"} {
+		again := signedDeliveryAt(t, testSecret, path, body, "msg_retried", time.Now().Add(time.Second))
+		if resp := rig.deliver(again); resp.Code != http.StatusOK || resp.Body.String() != "already handled\n" {
+			t.Fatalf("resend to %s: %d %q, want 200 already handled", path, resp.Code, resp.Body)
+		}
 	}
 	rig.api.assertCalls(t, []apiCall{{Path: "/optimize/cluster/" + testRequestID, APIKey: testAPIKey}})
+}
 
-	// The same message id on the other endpoint is another delivery.
-	other := signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_retried", time.Now())
-	if resp := rig.deliver(other); resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" {
-		t.Fatalf("same id on /webhook/route: %d %q, want a fetch", resp.Code, resp.Body)
+// TestAMessageIsFetchedOnlyForItsKind: the signature does not cover the
+// URL, so a captured delivery verifies on the other kind's path too (with
+// one secret, or with both endpoints' secrets configured). A message
+// verified for one kind is never fetched for the other: 409, no API call,
+// and the replays' log lines are rate-limited. Whether the first delivery
+// succeeded, failed or is still at work.
+func TestAMessageIsFetchedOnlyForItsKind(t *testing.T) {
+	for _, first := range []string{"succeeded", "failed", "at work"} {
+		t.Run(first, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rig := newBubbleRig(t, testSecret, secondSecret)
+				release := make(chan struct{})
+				rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+					switch first {
+					case "failed":
+						http.Error(w, `{"message":"Internal server error"}`, http.StatusInternalServerError)
+						return
+					case "at work":
+						<-release
+					}
+					writeClusterResult(w, testRequestID)
+				}
+				body := requestBody(testRequestID)
+				firstDone := make(chan int, 1)
+				go func() {
+					firstDone <- rig.deliver(signedDeliveryAt(t, secondSecret, "/webhook/cluster", body, "msg_captured", time.Now())).Code
+				}()
+				if first != "at work" {
+					<-firstDone
+				}
+				synctest.Wait()
+				calls := len(rig.api.recorded())
+				for i := range 100 {
+					resp := rig.deliver(signedDeliveryAt(t, secondSecret, "/webhook/route", body, "msg_captured", time.Now()))
+					if resp.Code != http.StatusConflict {
+						t.Fatalf("replay %d to /webhook/route: %d %q, want 409", i, resp.Code, resp.Body)
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if got := len(rig.api.recorded()); got != calls {
+					t.Errorf("100 replays to the other kind made %d API calls, want none", got-calls)
+				}
+				for _, call := range rig.api.recorded() {
+					if strings.Contains(call.Path, "/route/") {
+						t.Errorf("fetched as a route: %v", call)
+					}
+				}
+				if n := strings.Count(rig.logs.String(), "rejected delivery of a message verified for the other kind"); n > rejectLogBurst {
+					t.Errorf("%d log lines for 100 replays in 10 s, want at most %d", n, rejectLogBurst)
+				}
+				close(release)
+			})
+		})
 	}
 }
 
+// TestFailedDeliveryIsProcessedAgainOnRetry: a failure is not remembered
+// for Svix's retry, 5 s later; but a repeat within recentFor (a replayed
+// capture) shares the failure: the same status, no API call, and its log
+// lines are rate-limited.
 func TestFailedDeliveryIsProcessedAgainOnRetry(t *testing.T) {
-	rig := newRig(t, testSecret)
-	var fail atomic.Bool
-	fail.Store(true)
-	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
-		if fail.Load() {
-			http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
-			return
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		var fail atomic.Bool
+		fail.Store(true)
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			if fail.Load() {
+				http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
+				return
+			}
+			writeClusterResult(w, testRequestID)
 		}
-		writeClusterResult(w, testRequestID)
-	}
-	body := requestBody(testRequestID)
-	if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_x", time.Now())); resp.Code != http.StatusBadGateway {
-		t.Fatalf("first attempt: %d, want 502", resp.Code)
-	}
-	fail.Store(false)
-	if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_x", time.Now())); resp.Code != http.StatusOK {
-		t.Fatalf("retry: %d, want 200", resp.Code)
-	}
-	if got := len(rig.api.recorded()); got != 2 {
-		t.Errorf("API called %d times, want 2", got)
-	}
+		body := requestBody(testRequestID)
+		deliver := func() *httptest.ResponseRecorder {
+			return rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_x", time.Now()))
+		}
+		if resp := deliver(); resp.Code != http.StatusBadGateway {
+			t.Fatalf("first attempt: %d, want 502", resp.Code)
+		}
+		for i := range 1000 {
+			if resp := deliver(); resp.Code != http.StatusBadGateway {
+				t.Fatalf("repeat %d within %v: %d, want the failure's 502", i, recentFor, resp.Code)
+			}
+			time.Sleep(recentFor / 1000)
+		}
+		if got := len(rig.api.recorded()); got != 1 {
+			t.Errorf("API called %d times for a failure and 1,000 repeats within %v, want once", got, recentFor)
+		}
+		if n := strings.Count(rig.logs.String(), "level=ERROR"); n != 1 {
+			t.Errorf("%d ERROR lines, want 1 (the repeats rate-limited)", n)
+		}
+		if n := strings.Count(rig.logs.String(), "msg_x"); n > 1+rejectLogBurst+1 {
+			t.Errorf("%d log lines name the message, want at most %d", n, 1+rejectLogBurst+1)
+		}
+		fail.Store(false)
+		time.Sleep(5*time.Second - recentFor) // Svix's first retry
+		if resp := deliver(); resp.Code != http.StatusOK {
+			t.Fatalf("retry: %d, want 200", resp.Code)
+		}
+		if got := len(rig.api.recorded()); got != 2 {
+			t.Errorf("API called %d times, want 2", got)
+		}
+	})
 }
 
 func TestSimultaneousDuplicatesShareOneAPICall(t *testing.T) {
@@ -101,7 +178,7 @@ func TestDedupeWindowAndCapacity(t *testing.T) {
 		d := newDedupe(time.Hour, 3)
 		var runs int
 		work := func(id string) bool {
-			already, err := d.do(t.Context(), id, func(ctx context.Context) error { runs++; return nil })
+			already, err := d.do(t.Context(), kindCluster, id, func(ctx context.Context) error { runs++; return nil })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,10 +204,15 @@ func TestDedupeWindowAndCapacity(t *testing.T) {
 			t.Error("d, the newest, was forgotten")
 		}
 
+		// A zero window remembers success for recentFor only.
 		off := newDedupe(0, 10)
-		off.do(t.Context(), "x", func(context.Context) error { return nil })
-		if already, _ := off.do(t.Context(), "x", func(context.Context) error { return nil }); already || off.Len() != 0 {
-			t.Error("a zero window remembered a delivery")
+		off.do(t.Context(), kindCluster, "x", func(context.Context) error { return nil })
+		if shared, _ := off.do(t.Context(), kindCluster, "x", func(context.Context) error { return nil }); !shared {
+			t.Error("a zero window ran a message again at once")
+		}
+		time.Sleep(recentFor)
+		if shared, _ := off.do(t.Context(), kindCluster, "x", func(context.Context) error { return nil }); shared {
+			t.Error("a zero window remembered a delivery past recentFor")
 		}
 	})
 }
@@ -154,7 +236,7 @@ func TestDedupeSurvivesWorkThatDoesNotReturn(t *testing.T) {
 				go func() {
 					var err error
 					defer func() { first <- err }() // runs after a Goexit too
-					_, err = d.do(t.Context(), "k", func(context.Context) error {
+					_, err = d.do(t.Context(), kindCluster, "k", func(context.Context) error {
 						time.Sleep(time.Second) // the duplicate arrives meanwhile
 						tc.end()
 						return nil
@@ -162,8 +244,8 @@ func TestDedupeSurvivesWorkThatDoesNotReturn(t *testing.T) {
 				}()
 				synctest.Wait()
 				go func() {
-					already, err := d.do(t.Context(), "k", func(context.Context) error { return nil })
-					if already {
+					_, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error { return nil })
+					if err == nil {
 						err = errors.New("answered already handled")
 					}
 					waiter <- err
@@ -176,8 +258,9 @@ func TestDedupeSurvivesWorkThatDoesNotReturn(t *testing.T) {
 						t.Errorf("the first caller: %v, want %v with the value and the stack", err, tc.want)
 					}
 				}
+				time.Sleep(recentFor) // Svix's retry
 				ran := false
-				if already, err := d.do(t.Context(), "k", func(context.Context) error { ran = true; return nil }); already || err != nil || !ran {
+				if already, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error { ran = true; return nil }); already || err != nil || !ran {
 					t.Fatalf("afterwards: already=%v err=%v ran=%v; want the work to run again", already, err, ran)
 				}
 			})
@@ -445,6 +528,7 @@ func TestAFailedProcessorIsNeverAcknowledged(t *testing.T) {
 				t.Fatalf("status %d, want %d", resp.Code, tc.want)
 			}
 			rig.process = func(context.Context, delivery, *optimization) error { return nil }
+			rig.svixRetriesLater()
 			if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_store", time.Now())); resp.Body.String() != "fetched\n" {
 				t.Fatalf("Svix's retry: %d %q, want it processed again", resp.Code, resp.Body)
 			}
@@ -461,7 +545,7 @@ func TestAWaitingDuplicateLeavesAtItsOwnDeadline(t *testing.T) {
 		release := make(chan struct{})
 		first := make(chan error, 1)
 		go func() {
-			_, err := d.do(t.Context(), "k", func(ctx context.Context) error {
+			_, err := d.do(t.Context(), kindCluster, "k", func(ctx context.Context) error {
 				<-release
 				return nil
 			})
@@ -470,14 +554,14 @@ func TestAWaitingDuplicateLeavesAtItsOwnDeadline(t *testing.T) {
 		synctest.Wait()
 		waiterCtx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		if already, err := d.do(waiterCtx, "k", func(context.Context) error { return nil }); already || !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("waiter: already=%v err=%v, want its own deadline", already, err)
+		if _, err := d.do(waiterCtx, kindCluster, "k", func(context.Context) error { return nil }); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("waiter: %v, want its own deadline", err)
 		}
 		close(release)
 		if err := <-first; err != nil {
 			t.Fatalf("first caller: %v", err)
 		}
-		if already, err := d.do(t.Context(), "k", func(context.Context) error { t.Error("ran again"); return nil }); !already || err != nil {
+		if already, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error { t.Error("ran again"); return nil }); !already || err != nil {
 			t.Errorf("after the work ended: already=%v err=%v, want it remembered", already, err)
 		}
 	})

@@ -151,7 +151,7 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 			protect()
 		}
 
-		alreadyHandled, err := seen.do(ctx, string(d.Kind)+"/"+d.MessageID, func(ctx context.Context) error {
+		shared, err := seen.do(ctx, d.Kind, d.MessageID, func(ctx context.Context) error {
 			result, err := fetch(ctx, d.Kind, d.RequestID)
 			if err != nil {
 				return err
@@ -162,28 +162,40 @@ func handleWebhook(logger *slog.Logger, rejected *rejectLog, m *serviceMetrics, 
 			return nil
 		})
 		switch {
-		case err == nil && alreadyHandled:
+		case err == nil && shared:
 			o = outcomeDuplicate
 		case err == nil:
 			o = outcomeProcessed
+		case errors.Is(err, errOtherKind):
+			o = outcomeOtherKind
 		case errors.As(err, new(*processError)), errors.Is(err, errWorkDidNotReturn):
 			o = outcomeProcessFailed
 		default:
 			o = outcomeFetchFailed
 		}
-		if err != nil {
+		attrs := []any{"kind", d.Kind, "svix_id", logSafe(d.MessageID), "request_id", d.RequestID}
+		switch {
+		case errors.Is(err, errOtherKind):
+			// A captured delivery replayed to the other path: whoever
+			// sends it, it is not fetched as this kind.
+			rejected.warn("rejected delivery of a message verified for the other kind", append(attrs, "status", http.StatusConflict)...)
+			http.Error(w, "this message was delivered for the other kind", http.StatusConflict)
+		case err != nil:
 			status := statusFor(err)
-			logger.Error("delivery not handled; Svix will retry", "kind", d.Kind, "svix_id", logSafe(d.MessageID),
-				"request_id", d.RequestID, "status", status, "err", err)
+			if shared {
+				// The outcome of another delivery of this message, logged
+				// there: repeats (a replayed capture) are rate-limited.
+				rejected.warn("delivery not handled (a duplicate's failure, moments ago); Svix will retry", append(attrs, "status", status, "err", err)...)
+			} else {
+				logger.Error("delivery not handled; Svix will retry", append(attrs, "status", status, "err", err)...)
+			}
 			http.Error(w, "not handled yet; retry later", status)
-			return
-		}
-		if alreadyHandled {
-			logger.Info("delivery already handled; not fetching again", "kind", d.Kind, "svix_id", logSafe(d.MessageID), "request_id", d.RequestID)
+		case shared:
+			logger.Info("delivery already handled; not fetching again", attrs...)
 			writeText(w, "already handled\n")
-			return
+		default:
+			writeText(w, "fetched\n")
 		}
-		writeText(w, "fetched\n")
 	})
 }
 

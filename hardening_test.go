@@ -115,6 +115,7 @@ func TestAnAnswerThatIsNotThisResultIsAFailedFetch(t *testing.T) {
 			mu.Lock()
 			broken = false
 			mu.Unlock()
+			rig.svixRetriesLater()
 			resp = rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_not_this", time.Now()))
 			if resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" {
 				t.Fatalf("Svix's retry: %d %q, want 200 fetched (the failure must not be remembered)", resp.Code, resp.Body)

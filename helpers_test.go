@@ -47,6 +47,16 @@ type rig struct {
 	// process is what the handler does with a fetched result; by default
 	// the service's own logSummary.
 	process processFunc
+	seen    *dedupe
+}
+
+// svixRetriesLater moves the handler's memory of messages on by 5 s, when
+// Svix's first retry of a failed delivery comes: the failure's outcome no
+// longer answers it (recentFor).
+func (r *rig) svixRetriesLater() {
+	r.seen.mu.Lock()
+	defer r.seen.mu.Unlock()
+	r.seen.epoch = r.seen.epoch.Add(-5 * time.Second)
 }
 
 // newRig serves the fake API over real TCP.
@@ -95,9 +105,9 @@ func buildRig(t *testing.T, c rigConfig) *rig {
 	logs := &syncBuffer{}
 	logger := newLogger(logs, c.level, c.format)
 	client := newOptiPickClient(base, testAPIKey, c.level <= slog.LevelDebug, c.transport)
-	r := &rig{api: c.api, logs: logs, process: logSummary(logger)}
+	r := &rig{api: c.api, logs: logs, process: logSummary(logger), seen: newDedupe(time.Hour, 1000)}
 	process := func(ctx context.Context, d delivery, res *optimization) error { return r.process(ctx, d, res) }
-	r.handler = newServer(logger, v, client.fetch, process, newDedupe(time.Hour, 1000), nil, nil)
+	r.handler = newServer(logger, v, client.fetch, process, r.seen, nil, nil)
 	t.Cleanup(func() { assertNoSecrets(t, logs.String()) })
 	return r
 }

@@ -16,6 +16,7 @@ type outcome string
 const (
 	outcomeProcessed        outcome = "processed"         // fetched and processed: 200
 	outcomeDuplicate        outcome = "duplicate"         // already handled: 200, no fetch
+	outcomeOtherKind        outcome = "other_kind"        // 409: verified for the other kind before
 	outcomeInvalidSignature outcome = "invalid_signature" // 401
 	outcomeTooLarge         outcome = "too_large"         // 413
 	outcomeUnreadableBody   outcome = "unreadable_body"   // 400: the body could not be read
@@ -25,7 +26,7 @@ const (
 )
 
 var (
-	outcomes = []outcome{outcomeProcessed, outcomeDuplicate, outcomeInvalidSignature, outcomeTooLarge,
+	outcomes = []outcome{outcomeProcessed, outcomeDuplicate, outcomeOtherKind, outcomeInvalidSignature, outcomeTooLarge,
 		outcomeUnreadableBody, outcomeBadRequest, outcomeFetchFailed, outcomeProcessFailed}
 	apiStatusClasses = []string{"2xx", "3xx", "4xx", "5xx", "error"}
 

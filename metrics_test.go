@@ -94,12 +94,14 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 
 	repeated := signedDeliveryAt(t, testSecret, "/webhook/cluster", requestBody(testRequestID), "msg_twice", time.Now())
 	again := signedDeliveryAt(t, testSecret, "/webhook/cluster", requestBody(testRequestID), "msg_twice", time.Now())
+	otherKind := signedDeliveryAt(t, testSecret, "/webhook/route", requestBody(testRequestID), "msg_twice", time.Now())
 	for _, d := range []struct {
 		req  *http.Request
 		want int
 	}{
 		{repeated, 200},
 		{again, 200},
+		{otherKind, 409},
 		{signedDelivery(t, testSecret, "/webhook/route", requestBody("other1")), 200},
 		{signedDelivery(t, wrongSecret, "/webhook/route", requestBody(testRequestID)), 401},
 		{signedDelivery(t, wrongSecret, "/webhook/route", requestBody(testRequestID)), 401},
@@ -117,6 +119,7 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 		`optipick_webhooks_deliveries_total{kind="cluster",outcome="processed"}`:          "1",
 		`optipick_webhooks_deliveries_total{kind="cluster",outcome="duplicate"}`:          "1",
 		`optipick_webhooks_deliveries_total{kind="route",outcome="processed"}`:            "1",
+		`optipick_webhooks_deliveries_total{kind="route",outcome="other_kind"}`:           "1",
 		`optipick_webhooks_deliveries_total{kind="route",outcome="invalid_signature"}`:    "2",
 		`optipick_webhooks_deliveries_total{kind="route",outcome="bad_request"}`:          "1",
 		`optipick_webhooks_deliveries_total{kind="cluster",outcome="fetch_failed"}`:       "1",
@@ -128,7 +131,7 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 		`optipick_webhooks_api_request_duration_seconds_count{status_class="4xx"}`:        "1",
 		`optipick_webhooks_api_retries_total`:                                             "0",
 		`optipick_webhooks_deliveries_in_flight`:                                          "0",
-		`optipick_webhooks_dedupe_entries`:                                                "2",
+		`optipick_webhooks_dedupe_entries`:                                                "3", // failures too, for a while
 	} {
 		if got := m[name]; got != want {
 			t.Errorf("%s = %q, want %q", name, got, want)
