@@ -93,7 +93,7 @@ func BenchmarkHandler(b *testing.B) {
 	fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) { return result, nil }
 	logger := newLogger(io.Discard, slog.LevelInfo, "json")
 	// Window 0: every iteration is a new delivery, not a remembered one.
-	handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1), nil, nil)
+	handler := newServer(services{logger: logger, verifier: v, fetch: fetch, process: logSummary(logger), seen: newDedupe(0, 1)})
 
 	body := requestBody(testRequestID)
 	template := signedDelivery(b, testSecret, "/webhook/cluster", body)
@@ -135,7 +135,7 @@ func BenchmarkDecodeClusterResult(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				result, err := decodeResult(bytes.NewReader(raw), testRequestID)
-				if err != nil || result.Clusters == 0 {
+				if err != nil || len(result.OptimalClusters) == 0 {
 					b.Fatal(err)
 				}
 			}
@@ -236,7 +236,7 @@ func BenchmarkDeliveryOverLoopback(b *testing.B) {
 		handler http.Handler
 	}{
 		{"baseline", baseline},
-		{"receiver", newServer(logger, v, client.fetch, logSummary(logger), newDedupe(time.Hour, 1<<20), nil, nil)},
+		{"receiver", newServer(services{logger: logger, verifier: v, fetch: client.fetch, process: logSummary(logger), seen: newDedupe(time.Hour, 1<<20)})},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			server := httptest.NewServer(tc.handler)

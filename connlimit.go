@@ -9,43 +9,36 @@ import (
 	"time"
 )
 
-// connLimitListener admits at most max connections at once, so that no
-// client can hold more sockets, goroutines and buffers than that. When all
-// are taken, it closes a connection that is not serving a verified delivery
-// (one that is idle, still sending its request, or sending one that has not
-// proved genuine), so that a new client, such as Svix with a genuine
-// delivery, gets in at once however many connections an attacker holds or
-// renews. The victim is drawn at random, first among connections that never
-// carried a verified delivery: an attacker who renews connections cannot
-// arrange for a genuine one to be the next, and a keep-alive connection
-// that already carried deliveries (Svix's, an ingress's) is shed last. Only
-// when every connection serves a verified delivery does a newcomer wait, in
-// the kernel's accept queue, for one to end.
+// connLimitListener admits at most max connections at once. When all are
+// taken, it closes one that is not serving a verified delivery (idle, still
+// sending its request, or sending one that has not proved genuine), so
+// that a newcomer such as Svix gets in at once however many connections an
+// attacker holds or renews. The victim is drawn at random, so that an
+// attacker cannot arrange which; one that carried a verified delivery
+// (Svix's keep-alive) only when no other is open. Only when every
+// connection serves a verified delivery does a newcomer wait, in the
+// kernel's accept queue, for one to end.
 //
 // Wire it with the server's ConnState (trackState) and ConnContext
-// (connContext); the handler reports verified requests through the
-// verifiedHookKey it finds in the request's context.
+// (connContext): the handler reports a verified request by calling the
+// func it finds under verifiedHookKey in the request's context.
 type connLimitListener struct {
 	net.Listener
-	slots  chan struct{} // one per admitted connection
-	closed chan struct{}
+	slots     chan struct{} // one per admitted connection
+	closed    chan struct{}
+	closeOnce sync.Once
 
 	mu        sync.Mutex
-	sheddable map[*limitedConn]struct{} // admitted, not serving a verified delivery
-	closeOnce sync.Once
+	sheddable map[*limitedConn]bool // admitted, not serving a verified delivery
 }
 
-// shedAfter spares a connection that has only just been accepted: a
-// genuine client sends its request within milliseconds.
+// shedAfter spares a connection just accepted: a genuine client sends its
+// request within milliseconds.
 const shedAfter = 100 * time.Millisecond
 
 func newConnLimitListener(l net.Listener, max int) *connLimitListener {
-	return &connLimitListener{
-		Listener:  l,
-		slots:     make(chan struct{}, max),
-		closed:    make(chan struct{}),
-		sheddable: make(map[*limitedConn]struct{}),
-	}
+	return &connLimitListener{Listener: l, slots: make(chan struct{}, max), closed: make(chan struct{}),
+		sheddable: map[*limitedConn]bool{}}
 }
 
 func (l *connLimitListener) Accept() (net.Conn, error) {
@@ -65,7 +58,7 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 		select {
 		case l.slots <- struct{}{}:
 			return l.admit(c), nil
-		case <-time.After(shedAfter): // look for a connection to shed again
+		case <-time.After(shedAfter): // look again, when the young are of age
 		case <-l.closed:
 			c.Close()
 			return nil, net.ErrClosed
@@ -84,7 +77,7 @@ func (l *connLimitListener) Close() error {
 	return l.Listener.Close()
 }
 
-// trackState is the http.Server's ConnState hook: a connection becomes
+// trackState is the http.Server's ConnState hook: a connection is
 // sheddable again whenever a request ends or a new one starts.
 func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 	if lc, ok := c.(*limitedConn); ok {
@@ -92,11 +85,15 @@ func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 	}
 }
 
-// connContext is the http.Server's ConnContext hook: it gives each request
-// the func that protects its connection once the request is verified.
+// connContext is the http.Server's ConnContext hook.
 func (l *connLimitListener) connContext(ctx context.Context, c net.Conn) context.Context {
 	if lc, ok := c.(*limitedConn); ok {
-		return context.WithValue(ctx, verifiedHookKey{}, func() { l.protect(lc) })
+		return context.WithValue(ctx, verifiedHookKey{}, func() { // protects c while it serves a verified delivery
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			lc.carriedVerified = true
+			delete(l.sheddable, lc)
+		})
 	}
 	return ctx
 }
@@ -105,26 +102,15 @@ func (l *connLimitListener) setSheddable(c *limitedConn, sheddable bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if sheddable && !c.released {
-		l.sheddable[c] = struct{}{}
+		l.sheddable[c] = true
 	} else {
 		delete(l.sheddable, c)
 	}
 }
 
-// protect keeps c from being shed while it serves a verified delivery, and
-// ranks it with the connections that carried one from then on.
-func (l *connLimitListener) protect(c *limitedConn) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	c.carriedVerified = true
-	delete(l.sheddable, c)
-}
-
-// shedOne closes a sheddable connection accepted at least shedAfter ago,
-// drawn at random, and reports whether there was one. A connection that
-// carried a verified delivery (Svix's keep-alive) is shed only when no
-// connection that never carried one is open at all: while one is, however
-// young, the newcomer waits for it to come of age instead.
+// shedOne closes a sheddable connection accepted shedAfter ago or more,
+// drawn at random: one that carried a verified delivery only when no other
+// is open, however young. It reports whether it closed one.
 func (l *connLimitListener) shedOne() bool {
 	l.mu.Lock()
 	var never, carried []*limitedConn
@@ -133,34 +119,30 @@ func (l *connLimitListener) shedOne() bool {
 		switch old := time.Since(c.accepted) >= shedAfter; {
 		case c.carriedVerified && old:
 			carried = append(carried, c)
-		case c.carriedVerified:
-		case old:
+		case !c.carriedVerified && old:
 			never = append(never, c)
-		default:
+		case !c.carriedVerified:
 			youngNever = true
 		}
 	}
 	l.mu.Unlock()
-	victims := never
-	if len(victims) == 0 && !youngNever {
-		victims = carried
+	if len(never) == 0 && !youngNever {
+		never = carried
 	}
-	if len(victims) == 0 {
-		return false
+	if len(never) > 0 {
+		never[rand.N(len(never))].Close()
 	}
-	victims[rand.N(len(victims))].Close()
-	return true
+	return len(never) > 0
 }
 
-// limitedConn gives its slot back when it is closed, by the server or by
-// shedding, whichever comes first.
+// limitedConn gives its slot back when it is first closed, by the server
+// or by shedding.
 type limitedConn struct {
 	net.Conn
 	l        *connLimitListener
 	accepted time.Time
 	// guarded by l.mu
-	released        bool
-	carriedVerified bool // it has carried a verified delivery
+	released, carriedVerified bool
 }
 
 func (c *limitedConn) Close() error {

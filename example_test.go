@@ -28,7 +28,7 @@ func Example_processFunc() {
 	// harmless. A real store must be safe for concurrent deliveries.
 	stored := map[string]int{}
 	store := func(ctx context.Context, d delivery, res *optimization) error {
-		stored[d.RequestID] = res.Clusters
+		stored[d.RequestID] = len(res.OptimalClusters)
 		return nil // an error here answers 5xx, and Svix retries
 	}
 
@@ -37,7 +37,7 @@ func Example_processFunc() {
 	apiURL, _ := url.Parse(api.URL)
 	client := newOptiPickClient(apiURL, "your-api-key", false, nil)
 	logger := slog.New(slog.DiscardHandler)
-	handler := newServer(logger, v, client.fetch, store, newDedupe(time.Hour, 1000), nil, nil)
+	handler := newServer(services{logger: logger, verifier: v, fetch: client.fetch, process: store, seen: newDedupe(time.Hour, 1000)})
 
 	// A delivery as Svix sends it.
 	body := `{"request_id":"674f5c1e2b8a4d0012ab34cd"}`

@@ -47,10 +47,10 @@ func FuzzWebhook(f *testing.F) {
 			mu.Lock()
 			fetched = append(fetched, target)
 			mu.Unlock()
-			return &optimization{RequestID: requestID}, nil
+			return &optimization{}, nil
 		}
 		logger := slog.New(slog.DiscardHandler)
-		handler := newServer(logger, v, fetch, logSummary(logger), newDedupe(0, 1), nil, nil)
+		handler := newServer(services{logger: logger, verifier: v, fetch: fetch, process: logSummary(logger), seen: newDedupe(0, 1)})
 
 		kind := "cluster"
 		if route {

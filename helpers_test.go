@@ -107,7 +107,7 @@ func buildRig(t *testing.T, c rigConfig) *rig {
 	client := newOptiPickClient(base, testAPIKey, c.level <= slog.LevelDebug, c.transport)
 	r := &rig{api: c.api, logs: logs, process: logSummary(logger), seen: newDedupe(time.Hour, 1000)}
 	process := func(ctx context.Context, d delivery, res *optimization) error { return r.process(ctx, d, res) }
-	r.handler = newServer(logger, v, client.fetch, process, r.seen, nil, nil)
+	r.handler = newServer(services{logger: logger, verifier: v, fetch: client.fetch, process: process, seen: r.seen})
 	t.Cleanup(func() { assertNoSecrets(t, logs.String()) })
 	return r
 }
@@ -504,7 +504,17 @@ func runBriefly(t *testing.T, env map[string]string, args ...string) (logs strin
 // decodeResult streams one result from r as the client does, with the
 // client's pooled resultReader.
 func decodeResult(r io.Reader, wantID string) (*optimization, error) {
-	rr := newResultReader(r, 0, false)
-	defer rr.release()
+	rr := resultReaders.Get().(*resultReader)
+	defer resultReaders.Put(rr)
+	rr.reset(r, 0, false)
 	return rr.decode(wantID)
+}
+
+// newLogger is the service's logger, as run makes it.
+func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }

@@ -30,37 +30,23 @@ import (
 )
 
 const (
-	// drainTimeout is how long a shutdown waits for in-flight deliveries.
-	// It is longer than deliveryDeadline so that every delivery that was
-	// accepted gets its answer; an orchestrator's grace period must exceed it.
+	// drainTimeout is how long a shutdown waits for in-flight deliveries:
+	// longer than deliveryDeadline, so that each gets its answer.
 	drainTimeout = deliveryDeadline + 5*time.Second
 
-	// maxConnections bounds the connections served at once (see
-	// connLimitListener): with the server's timeouts and the body cap, it
-	// bounds what clients can make the service hold. The metrics port has
-	// a cap of its own: a scraper or two need a handful.
+	// The connections served at once (see connLimitListener), on the
+	// webhook port and on the metrics port, which a scraper or two use.
 	maxConnections        = 256
 	maxMetricsConnections = 16
 
-	// dedupeCapacity bounds how many handled deliveries are remembered.
-	dedupeCapacity = 100_000
-
-	defaultAPIURL       = "https://optipick.api.optioryx.com"
-	defaultPort         = "8080"
-	defaultDedupeWindow = 24 * time.Hour
+	dedupeCapacity = 100_000 // messages remembered
+	defaultAPIURL  = "https://optipick.api.optioryx.com"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	// After the first signal, a second one ends the process at once.
-	go func() {
-		<-ctx.Done()
-		stop()
-	}()
-
-	// Real environment variables win: Load never overrides a set variable.
-	// Its errors quote the file's contents, secrets included, so say less.
+	go func() { <-ctx.Done(); stop() }() // a second signal ends the process at once
+	// Real environment variables win. godotenv's errors quote the file, secrets included.
 	if err := godotenv.Load(); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintln(os.Stderr, "error: .env: cannot be read or parsed (expected KEY=value lines)")
 		os.Exit(1)
@@ -71,11 +57,9 @@ func main() {
 	}
 }
 
-// version is set at build time (make build, the Dockerfile:
-// -ldflags "-X main.version=v1.2.3"); otherwise the module's version.
+// version is set at build time (-ldflags "-X main.version=v1.2.3").
 var version string
 
-// usage is what -h prints after the flags.
 const usage = `
 Configuration comes from the environment (and a .env file in the working
 directory; real environment variables win). See .env.example.
@@ -83,10 +67,11 @@ directory; real environment variables win). See .env.example.
   WEBHOOK_SECRET    required: the endpoints' whsec_ signing secrets, separated by spaces or commas
   OPTIPICK_API_KEY  required: an OptiPick API key (Settings > API Keys), sent as X-API-KEY
   OPTIPICK_API_URL  the API base URL (default ` + defaultAPIURL + `)
-  PORT              the webhook port on all interfaces (default ` + defaultPort + `; 0: a free one)
+  PORT              the webhook port on all interfaces (default 8080; 0: a free one)
   LOG_LEVEL         debug, info (default), warn or error; debug logs each result's whole JSON
   LOG_FORMAT        text (default) or json
-  DEDUPE_WINDOW     how long a handled svix-id is remembered (default 24h; 0: off)
+  KEEP_RESULT_JSON  true: keep each result's whole JSON for the processFunc (default false)
+  DEDUPE_WINDOW     how long a handled svix-id is remembered (default 24h; 0: only moments)
   METRICS_ADDR      where to serve Prometheus /metrics, such as :9090 (default: off)
   SHUTDOWN_DELAY    how long /readyz answers 503 before a shutdown drains (default 0s; 5s in Kubernetes)
 `
@@ -103,15 +88,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	healthcheck := flags.Bool("healthcheck", false, "GET /healthz on this machine's PORT and exit 0 if it answers 200 (for container HEALTHCHECKs)")
 	showVersion := flags.Bool("version", false, "print the version and exit")
-	if err := flags.Parse(args[min(1, len(args)):]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
+	if err := flags.Parse(args[min(1, len(args)):]); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	switch {
 	case *healthcheck:
-		return checkHealth(ctx, getenv)
+		return checkHealth(ctx, cmp.Or(strings.TrimSpace(getenv("PORT")), "8080"))
 	case *showVersion:
 		fmt.Fprintln(stdout, "optipick-webhooks", buildVersion(), runtime.Version())
 		return nil
@@ -121,61 +105,69 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	logger := newLogger(stdout, cfg.logLevel, cfg.logFormat)
-
-	seen := newDedupe(cfg.dedupeWindow, dedupeCapacity)
-	var metrics *serviceMetrics
-	if cfg.metricsAddr != "" {
-		metrics = newServiceMetrics(buildVersion(), seen.Len)
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	logger := slog.New(slog.NewTextHandler(stdout, opts))
+	if cfg.logFormat == "json" {
+		logger = slog.New(slog.NewJSONHandler(stdout, opts))
 	}
+	seen := newDedupe(cfg.dedupeWindow, dedupeCapacity)
+	client := newOptiPickClient(cfg.apiURL, cfg.apiKey, cfg.keepResultJSON || cfg.logLevel <= slog.LevelDebug, nil)
 	var ready atomic.Bool
-	client := newOptiPickClient(cfg.apiURL, cfg.apiKey, cfg.logLevel <= slog.LevelDebug, nil)
-	client.metrics = metrics
-	handler := newServer(logger, cfg.verifier, client.fetch, logSummary(logger), seen, metrics, ready.Load)
-	srv := newHTTPServer(handler, logger)
+	svc := services{logger: logger, verifier: cfg.verifier, fetch: client.fetch, process: logSummary(logger), seen: seen, ready: ready.Load}
+	var metricsSrv *http.Server
+	if cfg.metricsAddr != "" {
+		m := newServiceMetrics(buildVersion(), seen.Len)
+		svc.rec, client.rec = m, m
+		metricsSrv = newHTTPServer(m.handler(), logger)
+	}
 
-	tcp, err := net.Listen("tcp", net.JoinHostPort("", cfg.port))
+	// The webhook server first, then metrics: the last scrape sees the drain.
+	servers := []*http.Server{newHTTPServer(newServer(svc), logger)}
+	serveErr := make(chan error, 2)
+	serve := func(srv *http.Server, addr string, maxConns int) (net.Addr, error) {
+		tcp, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		l := newConnLimitListener(tcp, maxConns)
+		srv.ConnState, srv.ConnContext = l.trackState, l.connContext
+		go func() { serveErr <- srv.Serve(l) }()
+		return tcp.Addr(), nil
+	}
+	addr, err := serve(servers[0], net.JoinHostPort("", cfg.port), maxConnections)
 	if err != nil {
 		return fmt.Errorf("PORT: cannot listen: %w", err)
 	}
-	listener := newConnLimitListener(tcp, maxConnections)
-	srv.ConnState, srv.ConnContext = listener.trackState, listener.connContext
-	servers := []*http.Server{srv}
-	serveErr := make(chan error, 2)
-	go func() { serveErr <- srv.Serve(listener) }()
-	if metrics != nil {
-		tcp, err := net.Listen("tcp", cfg.metricsAddr)
+	if metricsSrv != nil {
+		metricsAddr, err := serve(metricsSrv, cfg.metricsAddr, maxMetricsConnections)
 		if err != nil {
-			srv.Close()
+			servers[0].Close()
 			return fmt.Errorf("METRICS_ADDR: cannot listen: %w", err)
 		}
-		metricsListener := newConnLimitListener(tcp, maxMetricsConnections)
-		metricsSrv := newHTTPServer(metrics.handler(), logger)
-		metricsSrv.ConnState, metricsSrv.ConnContext = metricsListener.trackState, metricsListener.connContext
 		servers = append(servers, metricsSrv)
-		go func() { serveErr <- metricsSrv.Serve(metricsListener) }()
-		logger.Info("serving metrics", "addr", metricsListener.Addr().String(), "path", "/metrics")
+		logger.Info("serving metrics", "addr", metricsAddr.String(), "path", "/metrics")
 	}
 	ready.Store(true)
-	logger.Info("listening", "addr", listener.Addr().String(), "version", buildVersion(), "api_url", cfg.apiURL.Redacted(),
+	logger.Info("listening", "addr", addr.String(), "version", buildVersion(), "api_url", cfg.apiURL.Redacted(),
 		"secrets", len(cfg.verifier), "dedupe_window", cfg.dedupeWindow.String())
-	if cfg.apiURL.Scheme == "http" && !isLoopback(cfg.apiURL.Hostname()) {
+	if ip := net.ParseIP(cfg.apiURL.Hostname()); cfg.apiURL.Scheme == "http" && cfg.apiURL.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		logger.Warn("OPTIPICK_API_URL is plain http to another machine: the API key travels in clear text; use https",
 			"api_url", cfg.apiURL.Redacted())
 	}
 
-	select {
-	case err := <-serveErr:
+	closeAll := func() {
 		for _, s := range servers {
 			s.Close()
 		}
+	}
+	select {
+	case err := <-serveErr:
+		closeAll()
 		return fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
 	}
-
 	ready.Store(false)
-	if cfg.shutdownDelay > 0 {
-		// Still serving: the load balancer sees /readyz fail and stops sending.
+	if cfg.shutdownDelay > 0 { // still serving, while load balancers see /readyz fail
 		logger.Info("shutting down: /readyz answers 503 while load balancers catch up", "delay", cfg.shutdownDelay.String())
 		time.Sleep(cfg.shutdownDelay)
 	}
@@ -183,12 +175,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The drain deadline must not derive from ctx: ctx is already cancelled.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	// The webhook server first, then metrics: the last scrape sees the drain.
 	for _, s := range servers {
 		if err := s.Shutdown(shutdownCtx); err != nil {
-			for _, s := range servers {
-				s.Close()
-			}
+			closeAll()
 			return fmt.Errorf("shutdown: %w", err)
 		}
 	}
@@ -201,38 +190,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
-// buildVersion is the version set at build time, else the module's, with
-// the VCS revision the binary was built from when Go recorded it.
+// buildVersion is the version set at build time, else the module's, which
+// Go stamps from git: a tag, or a pseudo-version naming the revision.
 func buildVersion() string {
 	info, ok := debug.ReadBuildInfo()
 	return versionOf(version, info, ok)
 }
 
 func versionOf(v string, info *debug.BuildInfo, ok bool) string {
-	if !ok {
-		return cmp.Or(v, "unknown")
+	if v == "" && ok {
+		return info.Main.Version
 	}
-	v = cmp.Or(v, info.Main.Version)
-	var revision, modified string
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			revision = s.Value[:min(len(s.Value), 12)]
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = "-dirty"
-			}
-		}
-	}
-	// git describe's versions name the revision already: v1.2.0-3-g1a2b3c4.
-	if revision != "" && !strings.Contains(v, revision[:min(7, len(revision))]) {
-		v += " (" + revision + modified + ")"
-	}
-	return v
+	return cmp.Or(v, "unknown")
 }
 
-// newHTTPServer wraps the handler in an http.Server whose every phase has a
-// deadline, so that slow or stalled clients cannot hold connections forever.
+// newHTTPServer wraps handler in an http.Server whose every phase has a
+// deadline, so that slow or stalled clients cannot hold connections.
 func newHTTPServer(handler http.Handler, logger *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           handler,
@@ -240,130 +213,77 @@ func newHTTPServer(handler http.Handler, logger *slog.Logger) *http.Server {
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      deliveryDeadline + 5*time.Second,
 		IdleTimeout:       30 * time.Second,
-		// Svix sends a few hundred bytes of headers; ingresses add some.
-		MaxHeaderBytes: 16 << 10,
-		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		MaxHeaderBytes:    16 << 10, // Svix sends a few hundred bytes; ingresses add some
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-}
-
-// isLoopback reports whether host names this machine.
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 type config struct {
-	verifier      verifier
-	metricsAddr   string
-	shutdownDelay time.Duration
-	apiKey        string
-	apiURL        *url.URL
-	port          string
-	logLevel      slog.Level
-	logFormat     string
-	dedupeWindow  time.Duration
+	verifier                    verifier
+	apiKey, port                string
+	apiURL                      *url.URL
+	logLevel                    slog.Level
+	logFormat, metricsAddr      string
+	keepResultJSON              bool
+	dedupeWindow, shutdownDelay time.Duration
 }
 
 // loadConfig reads and checks every variable. Its errors name the variable
 // and never repeat its value, which may be a secret.
-func loadConfig(getenv func(string) string) (config, error) {
-	var cfg config
-	var err error
-
-	if cfg.verifier, err = newVerifier(getenv("WEBHOOK_SECRET")); err != nil {
-		if strings.TrimSpace(getenv("WEBHOOK_SECRET")) == "" {
-			err = fmt.Errorf("%w (no .env here? cp .env.example .env and fill it in)", err)
-		}
-		return config{}, fmt.Errorf("WEBHOOK_SECRET: %w", err)
+func loadConfig(getenv func(string) string) (cfg config, err error) {
+	env := func(name string) string { return strings.TrimSpace(getenv(name)) }
+	const noEnv = " (no .env here? cp .env.example .env and fill it in)"
+	if cfg.verifier, err = newVerifier(getenv("WEBHOOK_SECRET")); err != nil && env("WEBHOOK_SECRET") == "" {
+		return cfg, fmt.Errorf("WEBHOOK_SECRET: %w"+noEnv, err)
+	} else if err != nil {
+		return cfg, fmt.Errorf("WEBHOOK_SECRET: %w", err)
 	}
-
-	cfg.apiKey = strings.TrimSpace(getenv("OPTIPICK_API_KEY"))
-	if cfg.apiKey == "" {
-		return config{}, errors.New("OPTIPICK_API_KEY: required (create one in OptiPick under Settings → API Keys; no .env here? cp .env.example .env and fill it in)")
+	switch cfg.apiKey = env("OPTIPICK_API_KEY"); {
+	case cfg.apiKey == "":
+		return cfg, errors.New("OPTIPICK_API_KEY: required (create one in OptiPick under Settings → API Keys)" + noEnv)
+	case strings.ContainsAny(cfg.apiKey, "\r\n"):
+		return cfg, errors.New("OPTIPICK_API_KEY: must be a single line")
 	}
-	if strings.ContainsAny(cfg.apiKey, "\r\n") {
-		return config{}, errors.New("OPTIPICK_API_KEY: must be a single line")
-	}
-
-	rawURL := strings.TrimSpace(getenv("OPTIPICK_API_URL"))
-	if rawURL == "" {
-		rawURL = defaultAPIURL
-	}
-	cfg.apiURL, err = url.Parse(rawURL)
+	cfg.apiURL, err = url.Parse(cmp.Or(env("OPTIPICK_API_URL"), defaultAPIURL))
 	if err != nil || (cfg.apiURL.Scheme != "http" && cfg.apiURL.Scheme != "https") || cfg.apiURL.Host == "" ||
 		cfg.apiURL.RawQuery != "" || cfg.apiURL.Fragment != "" {
-		return config{}, errors.New("OPTIPICK_API_URL: must be an absolute http(s) URL without query or fragment, such as " + defaultAPIURL)
-	}
-
-	cfg.port = strings.TrimSpace(getenv("PORT"))
-	if cfg.port == "" {
-		cfg.port = defaultPort
+		return cfg, errors.New("OPTIPICK_API_URL: must be an absolute http(s) URL without query or fragment, such as " + defaultAPIURL)
 	}
 	// 0 asks the system for a free port; the "listening" log line tells which.
-	if _, err := strconv.ParseUint(cfg.port, 10, 16); err != nil {
-		return config{}, errors.New("PORT: must be a port number from 0 to 65535")
+	if cfg.port = cmp.Or(env("PORT"), "8080"); !isUint(cfg.port, 16) {
+		return cfg, errors.New("PORT: must be a port number from 0 to 65535")
 	}
-
-	switch level := strings.ToLower(strings.TrimSpace(getenv("LOG_LEVEL"))); level {
-	case "", "info":
-		cfg.logLevel = slog.LevelInfo
-	case "debug":
-		cfg.logLevel = slog.LevelDebug
-	case "warn":
-		cfg.logLevel = slog.LevelWarn
-	case "error":
-		cfg.logLevel = slog.LevelError
-	default:
-		return config{}, errors.New("LOG_LEVEL: must be debug, info, warn or error")
+	if err := cfg.logLevel.UnmarshalText([]byte(cmp.Or(env("LOG_LEVEL"), "info"))); err != nil || strings.ContainsAny(env("LOG_LEVEL"), "+-") {
+		return cfg, errors.New("LOG_LEVEL: must be debug, info, warn or error")
 	}
-
-	switch cfg.logFormat = strings.ToLower(strings.TrimSpace(getenv("LOG_FORMAT"))); cfg.logFormat {
-	case "":
-		cfg.logFormat = "text"
-	case "text", "json":
-	default:
-		return config{}, errors.New("LOG_FORMAT: must be text or json")
+	if cfg.logFormat = strings.ToLower(cmp.Or(env("LOG_FORMAT"), "text")); cfg.logFormat != "text" && cfg.logFormat != "json" {
+		return cfg, errors.New("LOG_FORMAT: must be text or json")
 	}
-
-	cfg.dedupeWindow = defaultDedupeWindow
-	if raw := strings.TrimSpace(getenv("DEDUPE_WINDOW")); raw != "" {
-		if cfg.dedupeWindow, err = time.ParseDuration(raw); err != nil || cfg.dedupeWindow < 0 {
-			return config{}, errors.New("DEDUPE_WINDOW: must be a duration such as 24h, 90m or 0 (off)")
+	if cfg.keepResultJSON, err = strconv.ParseBool(cmp.Or(env("KEEP_RESULT_JSON"), "false")); err != nil {
+		return cfg, errors.New("KEEP_RESULT_JSON: must be true or false")
+	}
+	if cfg.dedupeWindow, err = time.ParseDuration(cmp.Or(env("DEDUPE_WINDOW"), "24h")); err != nil || cfg.dedupeWindow < 0 {
+		return cfg, errors.New("DEDUPE_WINDOW: must be a duration such as 24h, 90m or 0")
+	}
+	if cfg.metricsAddr = env("METRICS_ADDR"); cfg.metricsAddr != "" {
+		if _, port, err := net.SplitHostPort(cfg.metricsAddr); err != nil || !isUint(port, 16) {
+			return cfg, errors.New("METRICS_ADDR: must be host:port or :port, such as :9090 (empty: no metrics)")
 		}
 	}
-
-	if cfg.metricsAddr = strings.TrimSpace(getenv("METRICS_ADDR")); cfg.metricsAddr != "" {
-		if _, port, err := net.SplitHostPort(cfg.metricsAddr); err != nil || port == "" {
-			return config{}, errors.New("METRICS_ADDR: must be host:port or :port, such as :9090 (empty: no metrics)")
-		}
-	}
-
-	if raw := strings.TrimSpace(getenv("SHUTDOWN_DELAY")); raw != "" {
-		if cfg.shutdownDelay, err = time.ParseDuration(raw); err != nil || cfg.shutdownDelay < 0 || cfg.shutdownDelay > time.Minute {
-			return config{}, errors.New("SHUTDOWN_DELAY: must be a duration from 0s to 1m, such as 5s")
-		}
+	if cfg.shutdownDelay, err = time.ParseDuration(cmp.Or(env("SHUTDOWN_DELAY"), "0s")); err != nil || cfg.shutdownDelay < 0 || cfg.shutdownDelay > time.Minute {
+		return cfg, errors.New("SHUTDOWN_DELAY: must be a duration from 0s to 1m, such as 5s")
 	}
 	return cfg, nil
 }
 
-func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
-	}
-	return slog.New(slog.NewTextHandler(w, opts))
+func isUint(s string, bits int) bool {
+	_, err := strconv.ParseUint(s, 10, bits)
+	return err == nil
 }
 
 // checkHealth is the -healthcheck mode: distroless images have no shell or
 // curl, so the binary probes itself.
-func checkHealth(ctx context.Context, getenv func(string) string) error {
-	port := strings.TrimSpace(getenv("PORT"))
-	if port == "" {
-		port = defaultPort
-	}
+func checkHealth(ctx context.Context, port string) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", port)+"/healthz", nil)

@@ -206,7 +206,7 @@ func TestReadinessFollowsTheDrain(t *testing.T) {
 func TestAPICallsAreCountedByStatusClass(t *testing.T) {
 	m := newServiceMetrics("test", func() int { return 0 })
 	for _, status := range []int{0, 199, 200, 299, 302, 404, 500, 599, 600} {
-		m.apiCall(status, time.Millisecond)
+		m.apiCalled(status, time.Millisecond)
 	}
 	server := httptest.NewServer(m.handler())
 	defer server.Close()
@@ -227,7 +227,7 @@ func TestFailedProcessingIsCountedAsSuch(t *testing.T) {
 		t.Fatal(err)
 	}
 	fetch := func(ctx context.Context, k kind, id string) (*optimization, error) {
-		return &optimization{RequestID: id}, nil
+		return &optimization{}, nil
 	}
 	calls := 0
 	process := func(ctx context.Context, d delivery, res *optimization) error {
@@ -236,7 +236,7 @@ func TestFailedProcessingIsCountedAsSuch(t *testing.T) {
 		}
 		panic("a bug in the processor")
 	}
-	handler := newServer(slog.New(slog.DiscardHandler), v, fetch, process, newDedupe(time.Hour, 10), m, nil)
+	handler := newServer(services{logger: slog.New(slog.DiscardHandler), verifier: v, fetch: fetch, process: process, seen: newDedupe(time.Hour, 10), rec: m})
 	for range 2 {
 		resp := httptest.NewRecorder()
 		handler.ServeHTTP(resp, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))

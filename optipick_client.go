@@ -11,30 +11,25 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 	"unicode"
-	"unicode/utf16"
-	"unicode/utf8"
 
+	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 )
 
 const (
-	// maxConcurrentFetches bounds the API calls in flight, so that a slow
-	// or dead API cannot make the service pile up goroutines and sockets.
-	// The transport keeps as many idle connections to reuse under load.
+	// maxConcurrentFetches bounds the API calls in flight (and the idle
+	// connections kept for them), so that a slow or dead API cannot make
+	// the service pile up goroutines and sockets.
 	maxConcurrentFetches = 64
 
-	// maxAttempts bounds the API calls for one fetch; the caller's deadline
-	// bounds them too.
-	maxAttempts = 5
-
-	// A first retry waits about firstBackoff, each next one twice as long,
-	// never more than maxBackoff.
+	// A fetch makes at most maxAttempts calls; a retry waits about
+	// firstBackoff, twice as long each time, at most maxBackoff.
+	maxAttempts  = 5
 	firstBackoff = 200 * time.Millisecond
 	maxBackoff   = 2 * time.Second
 
@@ -42,26 +37,24 @@ const (
 	// time for another one within a delivery's deadline.
 	responseHeaderTimeout = 5 * time.Second
 
-	// maxResultBytes caps how much of a result is read (decompressed).
-	// Results with thousands of picks are a few MiB. A result is streamed,
-	// not held: this bounds the time spent reading one.
+	// maxResultBytes caps how much of a result is read (decompressed):
+	// results with thousands of picks are a few MiB. Results are streamed,
+	// not held, so this bounds time, not memory.
 	maxResultBytes = 32 << 20
 
-	// maxTokenBytes caps one token of a result (a string, a number, a run
-	// of white space): the decoder holds a whole token in memory, so this
-	// bounds what one result can make it hold, with or without compression.
-	// OptiPick's longest strings are URLs and messages of a few hundred bytes.
+	// maxTokenBytes caps one token of a result (a string, a number, white
+	// space): the decoder holds a whole token, so this bounds its memory,
+	// with or without compression. OptiPick's longest strings are URLs.
 	maxTokenBytes = 64 << 10
 
-	// maxExcerptBytes caps how much of an unexpected answer reaches the logs;
-	// maxSiteNameBytes and maxErrorBytes, how much of those fields of a result.
+	// How much of an unexpected answer, and of a result's site_name and
+	// error, reaches the logs.
 	maxExcerptBytes  = 256
 	maxSiteNameBytes = 200
 	maxErrorBytes    = 500
 )
 
-// kind is the kind of an optimization, and the path segment that names it
-// in the API.
+// kind is the kind of an optimization, and its path segment in the API.
 type kind string
 
 const (
@@ -69,61 +62,104 @@ const (
 	kindRoute   kind = "route"
 )
 
-// unavailableError means "come back later": the work could not be tried
-// now. A delivery that fails with it is answered 503.
+// unavailableError means "come back later": a delivery that fails with it
+// is answered 503.
 type unavailableError string
 
 func (e unavailableError) Error() string   { return string(e) }
 func (e unavailableError) HTTPStatus() int { return http.StatusServiceUnavailable }
 
 const (
-	// errBusy: no slot for an API call came free before the deadline.
-	errBusy = unavailableError("too many OptiPick API calls in flight")
-	// errRetryLater: the API asked to wait longer than the deadline allows.
+	errBusy       = unavailableError("too many OptiPick API calls in flight")
 	errRetryLater = unavailableError("OptiPick API asked to retry later than this delivery's deadline")
 )
 
-// optimization is what the receiver reads of an OptiPick result: the fields
-// its summary needs, streamed from the answer. Reading is lenient: unknown
-// fields are skipped, and a known field of an unexpected type is left zero.
+// optimization is what the service reads of an OptiPick result. To read
+// another field, add it with its tag: WaveID string `json:"wave_id"`.
+// Unknown fields are skipped; a string or number field sent as another
+// type is left zero.
 type optimization struct {
-	RequestID       string
-	SiteName        string
-	ComputationTime float64
-	Error           string   // OptiPick's message when the optimization itself failed
-	AsisDistance    *float64 // nil when absent
-	OptimalDistance *float64 // nil when absent
-	Clusters        int      // len(optimal_clusters)
-	Picks           int      // len(picks)
-
-	// Raw is the whole result as the API sent it, kept only by a client
-	// made with keepRaw (LOG_LEVEL=debug).
-	Raw []byte
+	RequestID       requestID  `json:"request_id"`
+	SiteName        string     `json:"site_name"`
+	ComputationTime float64    `json:"computation_time"` // seconds
+	Error           failure    `json:"error"`            // set when the optimization itself failed
+	AsisDistance    float64    `json:"asis_distance"`
+	OptimalDistance float64    `json:"optimal_distance"`
+	OptimalClusters []struct{} `json:"optimal_clusters"` // counted only: give struct{} fields to read them
+	Picks           []struct{} `json:"picks"`
+	Raw             []byte     `json:"-"` // the whole result, with KEEP_RESULT_JSON or LOG_LEVEL=debug
 }
+
+// requestID is a result's request_id: a string, given once.
+type requestID string
+
+func (r *requestID) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	tok, err := dec.ReadToken()
+	switch {
+	case err != nil:
+		return err
+	case *r != "":
+		return errors.New("request_id given twice")
+	case tok.Kind() != '"' || tok.String() == "":
+		return errors.New("request_id is not an id")
+	}
+	*r = requestID(tok.String())
+	return nil
+}
+
+// failure is OptiPick's message for a failed optimization: null when it
+// did not fail.
+type failure string
+
+func (f *failure) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	if k := dec.PeekKind(); k == '{' || k == '[' { // not a message: say so, without holding it
+		*f = "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)"
+		return dec.SkipValue()
+	}
+	tok, err := dec.ReadToken() // one token, held within maxTokenBytes
+	if tok.Kind() != 'n' {
+		*f = failure(strings.TrimSpace(tok.String()))
+	}
+	return err
+}
+
+// lenient reads a string or number sent as another type (or a number out
+// of range) as zero, and any element of a []struct{}.
+var lenient = json.WithUnmarshalers(json.JoinUnmarshalers(
+	json.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *string) error {
+		if dec.PeekKind() == '"' {
+			return errors.ErrUnsupported // the default
+		}
+		return dec.SkipValue()
+	}),
+	json.UnmarshalFromFunc(func(dec *jsontext.Decoder, f *float64) error {
+		if dec.PeekKind() != '0' {
+			return dec.SkipValue()
+		}
+		tok, err := dec.ReadToken()
+		if v, rangeErr := tok.Float(); rangeErr == nil {
+			*f = v
+		}
+		return err
+	}),
+	json.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *struct{}) error { return dec.SkipValue() }),
+))
 
 // optiPickClient fetches finished optimizations from the OptiPick API.
 type optiPickClient struct {
-	optimizeURL string // {base}/optimize, without a trailing slash
+	optimizeURL string // {base}/optimize
+	shownURL    string // the same, as messages show it: password redacted
 	apiKey      string
-	urlPassword string // in OPTIPICK_API_URL, if any: redacted like the key
-	// apiKeyPattern matches the key as an API may echo it (echoPattern).
-	apiKeyPattern    *regexp.Regexp
-	minKeyMatchBytes int // the fewest bytes a match of apiKeyPattern can take: one a rune
-	// headBytes is how much of an answer is read for its excerpt: enough
-	// that a copy of the key starting within the excerpt is read whole,
-	// even written as JSON escapes (at most 12 bytes a rune).
-	headBytes        int
-	shownOptimizeURL string // optimizeURL without a user or password, for messages
-	keepRaw          bool
-	header           http.Header // of every API call
-	http             *http.Client
-	slots            chan struct{}   // one per API call in flight
-	metrics          *serviceMetrics // nil: none
+	keepRaw     bool
+	header      http.Header // of every API call
+	http        *http.Client
+	slots       chan struct{} // one per API call in flight
+	rec         recorder      // nil: none
 }
 
-// newOptiPickClient returns a client for the API at baseURL. keepRaw keeps
-// each result's raw JSON in optimization.Raw. A nil transport means one
-// sized and timed for this service.
+// newOptiPickClient returns a client for the API at baseURL; keepRaw keeps
+// each result's JSON in optimization.Raw. A nil transport is one sized and
+// timed for this service.
 func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport http.RoundTripper) *optiPickClient {
 	if transport == nil {
 		transport = &http.Transport{
@@ -138,85 +174,65 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 			IdleConnTimeout:       90 * time.Second,
 		}
 	}
-	password, _ := baseURL.User.Password()
-	var keyPattern *regexp.Regexp
-	if apiKey != "" {
-		keyPattern = echoPattern(apiKey)
-	}
-	shown := *baseURL
-	shown.User = nil
+	optimize := baseURL.JoinPath("optimize")
 	return &optiPickClient{
-		apiKeyPattern:    keyPattern,
-		minKeyMatchBytes: utf8.RuneCountInString(apiKey),
-		headBytes:        maxExcerptBytes + 12*utf8.RuneCountInString(apiKey),
-		shownOptimizeURL: shown.JoinPath("optimize").String(),
-		header:           http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
-		optimizeURL:      baseURL.JoinPath("optimize").String(),
-		apiKey:           apiKey,
-		urlPassword:      password,
-		keepRaw:          keepRaw,
+		optimizeURL: optimize.String(),
+		shownURL:    optimize.Redacted(),
+		apiKey:      apiKey,
+		keepRaw:     keepRaw,
+		header:      http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
 		http: &http.Client{
 			Transport: transport,
 			// The key goes to the configured API and nowhere else: a
-			// redirect is answered as it is, a failed fetch.
+			// redirect is a failed fetch. Deadlines come from each call's ctx.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			// Deadlines come from each call's context.
 		},
 		slots: make(chan struct{}, maxConcurrentFetches),
 	}
 }
 
 // fetch calls GET /optimize/{kind}/{requestID}, retrying network errors, 5xx
-// and 429 with exponential backoff and jitter while ctx's deadline leaves
-// time. Other answers are final: the caller reports them and Svix retries.
-// A 200 counts only when it is this result: a JSON object whose request_id
-// is requestID.
-//
-// Whatever the API sent that reaches a returned error or the result's text
-// fields has the API key (and a password in OPTIPICK_API_URL) redacted:
-// an API, or a proxy in front of it, may echo them.
+// and 429 with backoff and jitter while ctx's deadline leaves time. A 200
+// counts only when it is this result: a JSON object whose request_id is
+// requestID. The API key is redacted from whatever the API sent that
+// reaches an error or the result: an API, or a proxy, may echo it.
 func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*optimization, error) {
-	result, err := c.fetchOnce(ctx, k, requestID)
-	if err != nil {
-		return nil, c.redactError(err)
-	}
-	// Redacted before they are cut, so that no cut can hide part of a key.
-	result.SiteName = excerptString(c.redact(result.SiteName), maxSiteNameBytes)
-	result.Error = excerptString(c.redact(result.Error), maxErrorBytes)
-	if result.Raw != nil {
-		result.Raw = []byte(c.redact(string(result.Raw)))
-	}
-	return result, nil
-}
-
-func (c *optiPickClient) fetchOnce(ctx context.Context, k kind, requestID string) (*optimization, error) {
 	target, err := optimizationURL(c.optimizeURL, k, requestID)
 	if err != nil {
 		return nil, err
 	}
 	for attempt := 1; ; attempt++ {
-		result, err := c.get(ctx, target, requestID)
-		if err == nil || attempt == maxAttempts || !retryable(ctx, err) {
-			return result, err
+		res, err := c.get(ctx, target, requestID)
+		if err == nil {
+			// Redacted before they are cut, so that no cut hides part of a key.
+			res.SiteName = excerpt(c.redact(res.SiteName), maxSiteNameBytes)
+			res.Error = failure(excerpt(c.redact(string(res.Error)), maxErrorBytes))
+			if res.Raw != nil {
+				res.Raw = []byte(c.redact(string(res.Raw)))
+			}
+			return res, nil
+		}
+		if attempt == maxAttempts || !retryable(ctx, err) {
+			return nil, c.redactError(err)
 		}
 		wait, asked := backoff(attempt), false
-		var apiErr *apiError
-		if errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
+		if apiErr := (*apiError)(nil); errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
 			wait, asked = apiErr.RetryAfter, true
 		}
-		if !fitsBeforeDeadline(ctx, wait) {
+		// A retry must leave a second for its call before the deadline.
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= wait+time.Second {
 			if asked {
-				return nil, fmt.Errorf("%w (%v): %w", errRetryLater, wait, err)
+				err = fmt.Errorf("%w (%v): %w", errRetryLater, wait, err)
 			}
-			return nil, err
+			return nil, c.redactError(err)
 		}
-		c.metrics.apiRetry()
-		timer := time.NewTimer(wait)
+		if c.rec != nil {
+			c.rec.apiRetried()
+		}
 		select {
 		case <-ctx.Done():
-			timer.Stop()
-			return nil, fmt.Errorf("%w (after: %w)", ctx.Err(), err)
-		case <-timer.C:
+			return nil, c.redactError(fmt.Errorf("%w (after: %w)", ctx.Err(), err))
+		case <-time.After(wait):
 		}
 	}
 }
@@ -229,7 +245,6 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	case <-ctx.Done():
 		return nil, errBusy
 	}
-
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return nil, err
@@ -237,56 +252,56 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	req.Header = c.header.Clone()
 	start := time.Now()
 	resp, err := c.http.Do(req)
+	status := 0
+	if err == nil {
+		status = resp.StatusCode
+		defer resp.Body.Close()
+	}
+	if c.rec != nil {
+		defer func() { c.rec.apiCalled(status, time.Since(start)) }()
+	}
 	if err != nil {
-		c.metrics.apiCall(0, time.Since(start))
 		return nil, err
 	}
-	defer func() {
-		resp.Body.Close()
-		c.metrics.apiCall(resp.StatusCode, time.Since(start))
-	}()
-
+	shown := c.shownURL + strings.TrimPrefix(target, c.optimizeURL)
+	// Enough of the body for an excerpt, and for a key that starts in it.
+	headMax := maxExcerptBytes + len(c.apiKey)
 	if resp.StatusCode != http.StatusOK {
-		// Read the excerpt, then drain a little more so that the
-		// connection can be reused.
-		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(c.headBytes)))
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return nil, &apiError{
-			Status:     resp.StatusCode,
-			URL:        c.shown(target),
-			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
-			Excerpt:    c.excerpt(head),
-		}
+		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(headMax)))
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // so that the connection is reused
+		return nil, &apiError{Status: resp.StatusCode, URL: shown, Excerpt: excerpt(c.redact(string(head)), maxExcerptBytes),
+			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	}
 
-	rr := newResultReader(resp.Body, c.headBytes, c.keepRaw)
-	defer rr.release()
-	result, err := rr.decode(requestID)
-	withoutNames(err)
-	if rr.read > maxResultBytes {
-		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", c.shown(target), maxResultBytes)
+	rr := resultReaders.Get().(*resultReader)
+	defer resultReaders.Put(rr)
+	rr.reset(resp.Body, headMax, c.keepRaw)
+	defer rr.reset(nil, 0, false) // holds neither the body nor the result
+	res, err := rr.decode(requestID)
+	switch {
+	case rr.read > maxResultBytes:
+		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", shown, maxResultBytes)
+	case err != nil:
+		io.CopyN(io.Discard, rr, int64(headMax-len(rr.head))) // the excerpt shows the body's start
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)",
+			shown, err, excerpt(c.redact(string(rr.head)), maxExcerptBytes))
+	case rr.raw != nil:
+		res.Raw = rr.raw.Bytes()
 	}
-	if err != nil {
-		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)", c.shown(target), err, c.excerpt(rr.readHead()))
-	}
-	if rr.raw != nil {
-		result.Raw = rr.raw.Bytes()
-	}
-	return result, nil
+	return res, nil
 }
 
-// resultReader is what a result is decoded through. It stops a result
-// at maxResultBytes and a token at maxTokenBytes, keeps the first bytes
-// for an error's excerpt and, for a client that keeps raw results, all of
-// them. Each is pooled with its decoder, which keeps its buffers across
-// uses: reading a result allocates only what the summary keeps.
+// resultReader is what a result is decoded from: it stops a result at
+// maxResultBytes and a token at maxTokenBytes, and keeps the first bytes
+// for an error's excerpt (all of them with keepRaw). It is pooled with its
+// decoder, which keeps its buffers across uses.
 type resultReader struct {
 	body    io.Reader
 	dec     *jsontext.Decoder // reads from this resultReader
 	read    int64             // bytes read from body
 	head    []byte            // the first bytes read, up to headMax
 	headMax int
-	raw     *bytes.Buffer // every byte read; nil unless kept
+	raw     *bytes.Buffer // every byte read, with keepRaw
 }
 
 var resultReaders = sync.Pool{New: func() any {
@@ -295,34 +310,21 @@ var resultReaders = sync.Pool{New: func() any {
 	return rr
 }}
 
-// newResultReader reads a result from body, keeping its first headMax
-// bytes, and all of them when keepRaw. Release it when done.
-func newResultReader(body io.Reader, headMax int, keepRaw bool) *resultReader {
-	rr := resultReaders.Get().(*resultReader)
-	rr.body, rr.read, rr.head, rr.headMax = body, 0, rr.head[:0], headMax
+func (rr *resultReader) reset(body io.Reader, headMax int, keepRaw bool) {
+	rr.body, rr.read, rr.head, rr.headMax, rr.raw = body, 0, rr.head[:0], headMax, nil
 	if keepRaw {
 		rr.raw = &bytes.Buffer{}
 	}
-	// Names are checked for duplicates where it matters (request_id) by
-	// decode: checking every object's names costs most of the decoding.
+	// Duplicate names are not looked for (it costs most of the decoding);
+	// requestOnce refuses the one that matters.
 	rr.dec.Reset(rr, jsontext.AllowDuplicateNames(true))
-	return rr
-}
-
-// release returns rr to the pool, holding neither the body nor raw bytes.
-func (rr *resultReader) release() {
-	rr.body, rr.raw = nil, nil
-	rr.dec.Reset(rr)
-	resultReaders.Put(rr)
 }
 
 // Read is the decoder's read. The decoder reads more only when the token
-// it is reading (a string, a number, white space) does not end in what it
-// holds, so what it has read and not yet consumed is that token: past
-// maxTokenBytes, Read refuses to go on. Each read is at most a quarter of
-// that, whatever buffer a pooled decoder offers, so no token longer than
-// 1.25 x maxTokenBytes is ever read whole; and reads stop one byte past
-// maxResultBytes, which tells a result that is too large.
+// it reads does not end in what it holds, so what it has read and not
+// consumed is that token: past maxTokenBytes, Read refuses to go on. Each
+// read is at most a quarter of that, so no token over 1.25 x maxTokenBytes
+// is held; reads stop one byte past maxResultBytes.
 func (rr *resultReader) Read(p []byte) (int, error) {
 	if rr.read-rr.dec.InputOffset() > maxTokenBytes {
 		return 0, errTokenTooLong
@@ -332,267 +334,59 @@ func (rr *resultReader) Read(p []byte) (int, error) {
 	}
 	n, err := rr.body.Read(p[:min(len(p), maxTokenBytes/4, int(maxResultBytes+1-rr.read))])
 	rr.read += int64(n)
-	if room := rr.headMax - len(rr.head); room > 0 {
-		rr.head = append(rr.head, p[:min(room, n)]...)
-	}
+	rr.head = append(rr.head, p[:min(max(rr.headMax-len(rr.head), 0), n)]...)
 	if rr.raw != nil {
 		rr.raw.Write(p[:n])
 	}
 	return n, err
 }
 
-// readHead reads on, after the decoder stopped, far enough to have the
-// first headMax bytes of the body (or all of it), and returns them.
-func (rr *resultReader) readHead() []byte {
-	io.CopyN(io.Discard, rr, int64(rr.headMax-len(rr.head)))
-	return rr.head
-}
+var (
+	errTokenTooLong   = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
+	errResultTooLarge = fmt.Errorf("a result over %d bytes", maxResultBytes)
+)
 
-// decode reads one result, keeping only the fields of the summary. It
-// refuses what is not this result: not a JSON object, trailing data, a
-// request_id missing, given twice, or other than wantID.
+// decode reads one result, refusing what is not this result: not a JSON
+// object, trailing data, a request_id missing, given twice, or not wantID.
 func (rr *resultReader) decode(wantID string) (*optimization, error) {
-	dec := rr.dec
-	if dec.PeekKind() != '{' {
-		if _, err := dec.ReadToken(); err != nil {
+	if rr.dec.PeekKind() != '{' {
+		if _, err := rr.dec.ReadToken(); err != nil {
 			return nil, fmt.Errorf("not JSON: %w", err)
 		}
 		return nil, errors.New("not a JSON object")
 	}
-	if _, err := dec.ReadToken(); err != nil {
-		return nil, err
-	}
 	res := &optimization{}
-	var unquoted []byte
-	sawRequestID := false // a second request_id, of any type, is refused
-	for dec.PeekKind() != '}' {
-		quoted, err := dec.ReadValue() // the name, as sent
-		if err != nil {
-			return nil, err
+	if err := json.UnmarshalDecode(rr.dec, res, lenient); err != nil {
+		// The error's JSON pointer is made of the result's names, which an
+		// API could fill with the key, cut where redaction cannot see it.
+		if se := (*json.SemanticError)(nil); errors.As(err, &se) {
+			se.JSONPointer = ""
 		}
-		name := quoted[1 : len(quoted)-1]
-		if bytes.IndexByte(name, '\\') >= 0 { // an escaped name: rare, so unquote only then
-			unquoted, _ = jsontext.AppendUnquote(unquoted[:0], quoted)
-			name = unquoted
+		if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
+			se.JSONPointer = ""
 		}
-		// name is valid only until the next read: take what it says first.
-		field := fieldNamed(name)
-		if field == requestIDField {
-			if sawRequestID {
-				return nil, errors.New("request_id given twice")
-			}
-			sawRequestID = true
-		}
-		if err := res.readField(dec, field); err != nil {
-			return nil, err
-		}
-	}
-	if _, err := dec.ReadToken(); err != nil { // the closing }
 		return nil, err
 	}
-	if _, err := dec.ReadToken(); err != io.EOF {
+	if _, err := rr.dec.ReadToken(); err != io.EOF {
 		return nil, errors.New("data after the JSON object")
 	}
-	switch {
-	case res.RequestID == "":
+	switch id := string(res.RequestID); {
+	case id == "":
 		return nil, errors.New("no request_id")
-	case res.RequestID != wantID:
-		if !validRequestID(res.RequestID) { // not shown, nor cut: an API may echo the key there
-			return nil, fmt.Errorf("request_id is not %s, nor an id (%d bytes)", wantID, len(res.RequestID))
-		}
-		return nil, fmt.Errorf("request_id is %s, not %s", res.RequestID, wantID)
+	case id != wantID && !validRequestID(id): // not shown: an API may echo the key there
+		return nil, fmt.Errorf("request_id is not %s, nor an id (%d bytes)", wantID, len(id))
+	case id != wantID:
+		return nil, fmt.Errorf("request_id is %s, not %s", id, wantID)
 	}
 	return res, nil
 }
 
-// resultField is a top-level field of a result that the summary reads.
-type resultField int
-
-const (
-	otherField resultField = iota
-	requestIDField
-	siteNameField
-	errorField
-	computationTimeField
-	asisDistanceField
-	optimalDistanceField
-	optimalClustersField
-	picksField
-)
-
-// fieldNamed is the field called name (unquoted).
-func fieldNamed(name []byte) resultField {
-	switch string(name) { // compiled without a conversion
-	case "request_id":
-		return requestIDField
-	case "site_name":
-		return siteNameField
-	case "error":
-		return errorField
-	case "computation_time":
-		return computationTimeField
-	case "asis_distance":
-		return asisDistanceField
-	case "optimal_distance":
-		return optimalDistanceField
-	case "optimal_clusters":
-		return optimalClustersField
-	case "picks":
-		return picksField
-	}
-	return otherField
-}
-
-// readField reads the value of field into res, or skips it. A value of an
-// unexpected type is skipped too.
-func (res *optimization) readField(dec *jsontext.Decoder, field resultField) error {
-	switch next := dec.PeekKind(); field {
-	case requestIDField:
-		if next != '"' {
-			break
-		}
-		tok, err := dec.ReadToken()
-		res.RequestID = tok.String()
-		return err
-	case siteNameField, errorField:
-		switch {
-		case next == '"':
-			tok, err := dec.ReadToken()
-			if field == siteNameField {
-				res.SiteName = tok.String() // cut by fetch, after redaction
-			} else {
-				res.Error = strings.TrimSpace(tok.String())
-			}
-			return err
-		case next == '{' || next == '[':
-			// Not a message: say so, without holding the value.
-			if field == errorField {
-				what := "object"
-				if next == '[' {
-					what = "array"
-				}
-				res.Error = "OptiPick reported an error as a JSON " + what + " (LOG_LEVEL=debug logs the whole result)"
-			}
-		case next != 'n' && field == errorField:
-			// A number or boolean: one token, bounded by maxTokenBytes.
-			value, err := dec.ReadValue()
-			res.Error = string(value)
-			return err
-		}
-	case computationTimeField, asisDistanceField, optimalDistanceField:
-		if next != '0' {
-			break
-		}
-		tok, err := dec.ReadToken()
-		if err != nil {
-			return err
-		}
-		f, err := tok.Float()
-		if err != nil {
-			return nil // out of float64's range: leave the field out
-		}
-		switch field {
-		case computationTimeField:
-			res.ComputationTime = f
-		case asisDistanceField:
-			res.AsisDistance = &f
-		default:
-			res.OptimalDistance = &f
-		}
-		return nil
-	case optimalClustersField, picksField:
-		if next != '[' {
-			break
-		}
-		n, err := countElements(dec)
-		if field == picksField {
-			res.Picks = n
-		} else {
-			res.Clusters = n
-		}
-		return err
-	}
-	return dec.SkipValue()
-}
-
-// countElements reads a JSON array, counting its elements without keeping them.
-func countElements(dec *jsontext.Decoder) (int, error) {
-	if _, err := dec.ReadToken(); err != nil { // [
-		return 0, err
-	}
-	n := 0
-	for dec.PeekKind() != ']' {
-		if err := dec.SkipValue(); err != nil {
-			return n, err
-		}
-		n++
-	}
-	_, err := dec.ReadToken() // ]
-	return n, err
-}
-
-var (
-	// errTokenTooLong: the result holds a token larger than any OptiPick sends.
-	errTokenTooLong = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
-	// errResultTooLarge: the result is over maxResultBytes.
-	errResultTooLarge = fmt.Errorf("a result over %d bytes", maxResultBytes)
-)
-
-// withoutNames drops the JSON pointer from a jsontext syntax error in err.
-// It is made of the result's object names, which an API could fill with the
-// key, and it is cut, keeping its start and end, where redaction could not
-// see the key whole. The byte offset stays, and the error's own text, which
-// quotes at most one character or escape sequence of the input.
-func withoutNames(err error) {
-	if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
-		se.JSONPointer = ""
-	}
-}
-
-// echoPattern matches key as text from the API may echo it: in any letter
-// case, and with any of its characters written as a JSON escape (\u0041,
-// \u0061, \/), which a JSON encoder may write, in a body that is logged
-// raw (an excerpt, or the result at debug level). Decoded fields hold the
-// key plain, and match too.
-func echoPattern(key string) *regexp.Regexp {
-	var b strings.Builder
-	b.WriteString("(?i)") // letter case, also of the escapes' hex digits
-	for _, r := range key {
-		b.WriteString("(?:" + regexp.QuoteMeta(string(r)))
-		for f := r; ; {
-			if r1, r2 := utf16.EncodeRune(f); r1 != utf8.RuneError {
-				fmt.Fprintf(&b, `|\\u%04x\\u%04x`, r1, r2)
-			} else {
-				fmt.Fprintf(&b, `|\\u%04x`, f)
-			}
-			if f = unicode.SimpleFold(f); f == r {
-				break
-			}
-		}
-		if r == '/' {
-			b.WriteString(`|\\/`)
-		}
-		b.WriteString(")")
-	}
-	return regexp.MustCompile(b.String())
-}
-
-// shown is target, a URL under optimizeURL, as messages show it: without
-// the user and password of OPTIPICK_API_URL.
-func (c *optiPickClient) shown(target string) string {
-	return c.shownOptimizeURL + strings.TrimPrefix(target, c.optimizeURL)
-}
-
-// redact replaces the API key, and a password in OPTIPICK_API_URL, in text
-// that came from the API or names its URL.
+// redact replaces the API key in text that came from the API.
 func (c *optiPickClient) redact(text string) string {
-	if c.apiKeyPattern != nil && len(text) >= c.minKeyMatchBytes { // most text is too short to hold it
-		text = c.apiKeyPattern.ReplaceAllLiteralString(text, "[API key]")
+	if c.apiKey == "" {
+		return text
 	}
-	if c.urlPassword != "" {
-		text = strings.ReplaceAll(text, c.urlPassword, "xxxxx")
-	}
-	return text
+	return strings.ReplaceAll(text, c.apiKey, "[API key]")
 }
 
 // redactError is err with its message redacted; errors.Is and errors.As
@@ -612,16 +406,9 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
 
-// excerpt is the start of an answer's body for the logs, with the API key
-// redacted wherever the API (or a proxy) echoed it.
-func (c *optiPickClient) excerpt(head []byte) string {
-	return excerptString(c.redact(string(head)), maxExcerptBytes)
-}
-
-// excerptString is at most max bytes of s, as valid UTF-8 with no control
-// or bidirectional-text characters, so that it reads the same in any log.
-func excerptString(s string, max int) string {
-	s = strings.ToValidUTF8(s[:min(len(s), max)], "\uFFFD")
+// excerpt is at most max bytes of s, as valid UTF-8 without control or
+// bidirectional-text characters, so that it reads the same in any log.
+func excerpt(s string, max int) string {
 	return strings.Map(func(r rune) rune {
 		switch {
 		case r == '\n' || r == '\r' || r == '\t':
@@ -630,15 +417,15 @@ func excerptString(s string, max int) string {
 			return '\uFFFD'
 		}
 		return r
-	}, s)
+	}, strings.ToValidUTF8(s[:min(len(s), max)], "\uFFFD"))
 }
 
 // apiError is an API answer other than 200.
 type apiError struct {
 	Status     int
-	URL        string        // what was fetched, without a user or password
+	URL        string        // what was fetched, password redacted
 	RetryAfter time.Duration // 0 when the API did not say
-	Excerpt    string        // the start of the answer's body, made safe to log
+	Excerpt    string        // the start of the answer's body, safe to log
 }
 
 func (e *apiError) Error() string {
@@ -667,22 +454,17 @@ func (e *apiError) HTTPStatus() int {
 }
 
 // retryable reports whether another attempt may succeed: network errors
-// (unless ctx itself has ended), 5xx and 429.
+// (unless ctx has ended, or a certificate was not trusted), 5xx and 429.
 func retryable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || errors.Is(err, errBusy) {
-		return false
-	}
 	var apiErr *apiError
-	if errors.As(err, &apiErr) {
+	var certErr *tls.CertificateVerificationError
+	var netErr net.Error // every transport error (*url.Error) is one
+	switch {
+	case ctx.Err() != nil || errors.Is(err, errBusy) || errors.As(err, &certErr):
+		return false
+	case errors.As(err, &apiErr):
 		return apiErr.Status >= 500 || apiErr.Status == http.StatusTooManyRequests
 	}
-	// A certificate the system does not trust will not be trusted on the
-	// next attempt either.
-	var certErr *tls.CertificateVerificationError
-	if errors.As(err, &certErr) {
-		return false
-	}
-	var netErr net.Error // *url.Error, which every transport error is, is one
 	return errors.As(err, &netErr)
 }
 
@@ -693,18 +475,8 @@ func backoff(attempt int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// fitsBeforeDeadline reports whether waiting d still leaves time for one
-// more call before ctx's deadline.
-func fitsBeforeDeadline(ctx context.Context, d time.Duration) bool {
-	deadline, ok := ctx.Deadline()
-	return !ok || time.Until(deadline) > d+time.Second
-}
-
 // parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
 func parseRetryAfter(value string, now time.Time) time.Duration {
-	if value == "" {
-		return 0
-	}
 	if secs, err := strconv.ParseUint(value, 10, 32); err == nil {
 		return time.Duration(secs) * time.Second
 	}
@@ -714,15 +486,14 @@ func parseRetryAfter(value string, now time.Time) time.Duration {
 	return 0
 }
 
-// optimizationURL is {optimizeURL}/{kind}/{requestID}, where optimizeURL is
-// {base}/optimize. It refuses an id that is not one plain path segment (one
-// that would need escaping, or a dot segment), whatever the caller checked:
-// no id can leave that path or add a query.
+// optimizationURL is {optimizeURL}/{kind}/{requestID}. It refuses an id
+// that is not one plain path segment, whatever the caller checked: no id
+// can leave that path or add a query.
 func optimizationURL(optimizeURL string, k kind, requestID string) (string, error) {
 	if k != kindCluster && k != kindRoute {
-		return "", fmt.Errorf("unknown optimization kind %q", excerptString(string(k), 32))
+		return "", fmt.Errorf("unknown optimization kind %q", excerpt(string(k), 32))
 	}
-	if requestID == "" || requestID == "." || requestID == ".." || url.PathEscape(requestID) != requestID {
+	if !validRequestID(requestID) {
 		return "", errors.New("invalid request_id")
 	}
 	return optimizeURL + "/" + string(k) + "/" + requestID, nil

@@ -8,6 +8,10 @@
 #   scripts/ablate.sh                  RUNS=2 load tests of every variant, N=5000 deliveries, ROUNDS=3
 #   CACHEGRIND=1 scripts/ablate.sh     instructions per delivery instead (valgrind), RUNS=1 of each
 #   REV=5fcc8fa scripts/ablate.sh      another version (the patch must apply to it)
+#   RECEIVER_ONLY=1 scripts/ablate.sh  the baseline and the receiver alone, without the patch's
+#                                      switches: for a version they no longer apply to
+# GODEBUG=cpu.rdtscp=off keeps the Go runtime off RDTSCP, which valgrind 3.19
+# cannot run.
 #
 # With CACHEGRIND=1 each server runs under valgrind for N=1000 and N=3000
 # deliveries; the difference over 2,000 is one delivery, without start-up.
@@ -23,7 +27,11 @@ patch=$PWD/scripts/ablation.patch
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 git archive "$rev" | tar -x -C "$work"
-(cd "$work" && git apply "$patch")
+if [ -n "${RECEIVER_ONLY:-}" ]; then # only the load test's part: it passes the switches on
+	(cd "$work" && git apply --include='cmd/loadtest/*' "$patch")
+else
+	(cd "$work" && git apply "$patch")
+fi
 (cd "$work" && go build -o bin/receiver . && go build -o bin/loadtest ./cmd/loadtest)
 
 names=(
@@ -49,6 +57,9 @@ switches=(
 	"$all ABL_NOLIMITER=1 ABL_NOTIMEOUTS=1 ABL_NODEADLINE=1"
 	"$all ABL_NOLIMITER=1 ABL_NOTIMEOUTS=1 ABL_NODEADLINE=1 ABL_PLAINTRANSPORT=1"
 )
+if [ -n "${RECEIVER_ONLY:-}" ]; then
+	names=("receiver") switches=("")
+fi
 
 if [ -z "${CACHEGRIND:-}" ]; then
 	runs=${RUNS:-2}
@@ -83,7 +94,7 @@ perDelivery() { # target, switches: instructions for one delivery
 	read -ra switch <<<"$2"
 	for count in 1000 3000; do
 		rm -f "$work/cg.$count"
-		env ${switch[@]+"${switch[@]}"} CG_TARGET="$1" CG_OUT="$work/cg.$count" GODEBUG=asyncpreemptoff=1 \
+		env ${switch[@]+"${switch[@]}"} CG_TARGET="$1" CG_OUT="$work/cg.$count" GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off \
 			"$work/bin/loadtest" -receiver "$work/cg.sh" -n $count -c 64 -rounds 1 >/dev/null
 	done
 	echo $((($(sed -n 's/^summary: //p' "$work/cg.3000") - $(sed -n 's/^summary: //p' "$work/cg.1000")) / 2000))
