@@ -21,26 +21,18 @@ import (
 
 const (
 	// deliveryDeadline bounds all the work for one delivery: Svix counts an
-	// answer after 15 s as a failure, and this leaves room for the network.
+	// answer after 15 s as a failure; this leaves room for the network.
 	deliveryDeadline = 10 * time.Second
-
-	// maxBodyBytes caps a delivery's body: OptiPick's are about 40 bytes,
-	// and the Svix library copies a body three times to verify it.
+	// OptiPick's bodies are about 40 bytes; the Svix library copies a body
+	// three times to verify it.
 	maxBodyBytes = 64 << 10
-
-	// Bounds on what the Svix library loops over: a signature header holds
-	// one "v1,<base64>" per secret the sender uses (two during a rotation);
-	// Svix's ids are about 30 bytes; each secret costs an HMAC of every
-	// rejected body (two endpoints, each during a rotation, need four).
-	maxSignatureHeaderBytes = 1 << 10
-	maxSignatures           = 10
-	maxMessageIDBytes       = 256
-	maxSecrets              = 8
-
-	// Rejected deliveries (anyone can make them) and repeats are logged up to
+	// What the Svix library loops over: one "v1,<sig>" per secret the
+	// sender uses, ids of about 30 bytes, and an HMAC of each rejected body
+	// per secret (two endpoints, each rotating, need four).
+	maxSignatureHeaderBytes, maxSignatures, maxMessageIDBytes, maxSecrets = 1 << 10, 10, 256, 8
+	// Rejections and repeats (anyone can make them) are logged up to
 	// rejectLogBurst lines per rejectLogInterval; the rest are counted.
-	rejectLogBurst    = 20
-	rejectLogInterval = 10 * time.Second
+	rejectLogBurst, rejectLogInterval = 20, 10 * time.Second
 )
 
 // delivery is one verified webhook delivery.
@@ -162,6 +154,11 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 			}
 			return nil
 		})
+		if err == nil && !shared {
+			o = outcomeProcessed
+			io.WriteString(w, "fetched\n")
+			return
+		}
 		attrs := []any{"kind", d.Kind, "svix_id", logSafe(d.MessageID), "request_id", d.RequestID}
 		switch o = outcomeFetchFailed; {
 		case errors.Is(err, errOtherKind): // a capture replayed to the other path
@@ -179,19 +176,16 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 				s.logger.Error("delivery not handled; Svix will retry", attrs...)
 			}
 			http.Error(w, "not handled yet; retry later", statusFor(err))
-		case shared:
+		default:
 			o = outcomeDuplicate
 			s.logger.Info("delivery already handled; not fetching again", attrs...)
 			io.WriteString(w, "already handled\n")
-		default:
-			o = outcomeProcessed
-			io.WriteString(w, "fetched\n")
 		}
 	})
 }
 
-// verifiedHookKey is where the server may put, in a request's context, a
-// func to call once the request proved to be a genuine delivery.
+// verifiedHookKey: a request's context may hold, under it, a func to call
+// once the request proved genuine (connLimitListener's).
 type verifiedHookKey struct{}
 
 // processError is a processFunc's error, told apart from a failed fetch.
@@ -201,7 +195,7 @@ func (e *processError) Error() string { return "processing the result: " + e.err
 func (e *processError) Unwrap() error { return e.err }
 
 // rejection is why a delivery was refused: its status, what the sender is
-// told (never a secret or a detail of ours), and what the log says.
+// told (nothing of ours), and what the log says.
 type rejection struct {
 	status         int
 	outcome        outcome
@@ -269,8 +263,7 @@ func messageID(h http.Header) string {
 }
 
 func signatureHeaders(h http.Header) (id, signature string) {
-	id, signature = h.Get("Svix-Id"), h.Get("Svix-Signature")
-	if id == "" || signature == "" || h.Get("Svix-Timestamp") == "" {
+	if id, signature = h.Get("Svix-Id"), h.Get("Svix-Signature"); id == "" || signature == "" || h.Get("Svix-Timestamp") == "" {
 		id, signature = h.Get("Webhook-Id"), h.Get("Webhook-Signature")
 	}
 	return id, signature
@@ -378,9 +371,8 @@ func number(key string, f float64) slog.Attr {
 // rejectLogBurst of every rejectLogInterval are written, the rest counted,
 // and the count written when the interval ends.
 type rejectLog struct {
-	logger *slog.Logger
-	rec    recorder
-
+	logger              *slog.Logger
+	rec                 recorder
 	mu                  sync.Mutex
 	windowEnd           time.Time
 	written, notWritten int
@@ -394,9 +386,7 @@ func (l *rejectLog) warn(msg string, args ...any) {
 	}
 	if l.written++; l.written <= rejectLogBurst {
 		l.logger.Warn(msg, args...)
-		return
-	}
-	if l.notWritten++; l.notWritten == 1 {
+	} else if l.notWritten++; l.notWritten == 1 {
 		time.AfterFunc(time.Until(l.windowEnd), func() {
 			l.mu.Lock()
 			n := l.notWritten

@@ -22,36 +22,20 @@ import (
 )
 
 const (
-	// maxConcurrentFetches bounds the API calls in flight (and the idle
-	// connections kept for them), so that a slow or dead API cannot make
-	// the service pile up goroutines and sockets.
+	// API calls in flight (and idle connections kept for them): a slow or
+	// dead API cannot make the service pile up goroutines and sockets.
 	maxConcurrentFetches = 64
-
-	// A fetch makes at most maxAttempts calls; a retry waits about
-	// firstBackoff, twice as long each time, at most maxBackoff.
-	maxAttempts  = 5
-	firstBackoff = 200 * time.Millisecond
-	maxBackoff   = 2 * time.Second
-
-	// responseHeaderTimeout gives up on a hung call early enough to leave
-	// time for another one within a delivery's deadline.
+	// A fetch makes at most maxAttempts calls, waiting about firstBackoff
+	// before the first retry, twice as long each time, at most maxBackoff.
+	maxAttempts, firstBackoff, maxBackoff = 5, 200 * time.Millisecond, 2 * time.Second
+	// A hung call is given up early enough to leave time for another.
 	responseHeaderTimeout = 5 * time.Second
-
-	// maxResultBytes caps how much of a result is read (decompressed):
-	// results with thousands of picks are a few MiB. Results are streamed,
-	// not held, so this bounds time, not memory.
-	maxResultBytes = 32 << 20
-
-	// maxTokenBytes caps one token of a result (a string, a number, white
-	// space): the decoder holds a whole token, so this bounds its memory,
-	// with or without compression. OptiPick's longest strings are URLs.
-	maxTokenBytes = 64 << 10
-
-	// How much of an unexpected answer, and of a result's site_name and
-	// error, reaches the logs.
-	maxExcerptBytes  = 256
-	maxSiteNameBytes = 200
-	maxErrorBytes    = 500
+	// Results (thousands of picks are a few MiB) are streamed, read up to
+	// maxResultBytes decompressed. The decoder holds a whole token (a
+	// string, a number, white space): maxTokenBytes bounds its memory.
+	maxResultBytes, maxTokenBytes = 32 << 20, 64 << 10
+	// How much of an unexpected answer, a site_name and an error is logged.
+	maxExcerptBytes, maxSiteNameBytes, maxErrorBytes = 256, 200, 500
 )
 
 // kind is the kind of an optimization, and its path segment in the API.
@@ -107,8 +91,7 @@ func (r *requestID) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
 	return nil
 }
 
-// failure is OptiPick's message for a failed optimization: null when it
-// did not fail.
+// failure is OptiPick's message for a failed optimization (null if none).
 type failure string
 
 func (f *failure) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
@@ -147,19 +130,17 @@ var lenient = json.WithUnmarshalers(json.JoinUnmarshalers(
 
 // optiPickClient fetches finished optimizations from the OptiPick API.
 type optiPickClient struct {
-	optimizeURL string // {base}/optimize
-	shownURL    string // the same, as messages show it: password redacted
-	apiKey      string
-	keepRaw     bool
-	header      http.Header // of every API call
-	http        *http.Client
-	slots       chan struct{} // one per API call in flight
-	rec         recorder      // nil: none
+	optimizeURL, shownURL string // {base}/optimize, and as logs show it: password redacted
+	apiKey                string
+	keepRaw               bool        // keep each result's JSON in optimization.Raw
+	header                http.Header // of every API call
+	http                  *http.Client
+	slots                 chan struct{} // one per API call in flight
+	rec                   recorder      // nil: none
 }
 
-// newOptiPickClient returns a client for the API at baseURL; keepRaw keeps
-// each result's JSON in optimization.Raw. A nil transport is one sized and
-// timed for this service.
+// newOptiPickClient returns a client for the API at baseURL. A nil
+// transport is one sized and timed for this service.
 func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport http.RoundTripper) *optiPickClient {
 	if transport == nil {
 		transport = &http.Transport{
@@ -169,24 +150,16 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 			TLSHandshakeTimeout:   3 * time.Second,
 			ResponseHeaderTimeout: responseHeaderTimeout,
 			MaxConnsPerHost:       maxConcurrentFetches,
-			MaxIdleConns:          maxConcurrentFetches,
 			MaxIdleConnsPerHost:   maxConcurrentFetches,
 			IdleConnTimeout:       90 * time.Second,
 		}
 	}
 	optimize := baseURL.JoinPath("optimize")
-	return &optiPickClient{
-		optimizeURL: optimize.String(),
-		shownURL:    optimize.Redacted(),
-		apiKey:      apiKey,
-		keepRaw:     keepRaw,
-		header:      http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
-		http: &http.Client{
-			Transport: transport,
-			// The key goes to the configured API and nowhere else: a
-			// redirect is a failed fetch. Deadlines come from each call's ctx.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+	return &optiPickClient{optimizeURL: optimize.String(), shownURL: optimize.Redacted(), apiKey: apiKey, keepRaw: keepRaw,
+		header: http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
+		// The key goes to the configured API only: a redirect is a failed
+		// fetch. Deadlines come from each call's ctx.
+		http:  &http.Client{Transport: transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		slots: make(chan struct{}, maxConcurrentFetches),
 	}
 }
@@ -194,8 +167,8 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport 
 // fetch calls GET /optimize/{kind}/{requestID}, retrying network errors, 5xx
 // and 429 with backoff and jitter while ctx's deadline leaves time. A 200
 // counts only when it is this result: a JSON object whose request_id is
-// requestID. The API key is redacted from whatever the API sent that
-// reaches an error or the result: an API, or a proxy, may echo it.
+// requestID. The API key is redacted from what the API sent, in errors and
+// in the result: an API, or a proxy, may echo it.
 func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*optimization, error) {
 	target, err := optimizationURL(c.optimizeURL, k, requestID)
 	if err != nil {
@@ -213,25 +186,26 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 			return res, nil
 		}
 		if attempt == maxAttempts || !retryable(ctx, err) {
-			return nil, c.redactError(err)
+			return nil, err
 		}
-		wait, asked := backoff(attempt), false
-		if apiErr := (*apiError)(nil); errors.As(err, &apiErr) && apiErr.RetryAfter > 0 {
-			wait, asked = apiErr.RetryAfter, true
+		wait, apiErr := backoff(attempt), (*apiError)(nil)
+		asked := errors.As(err, &apiErr) && apiErr.RetryAfter > 0
+		if asked {
+			wait = apiErr.RetryAfter
 		}
 		// A retry must leave a second for its call before the deadline.
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= wait+time.Second {
 			if asked {
 				err = fmt.Errorf("%w (%v): %w", errRetryLater, wait, err)
 			}
-			return nil, c.redactError(err)
+			return nil, err
 		}
 		if c.rec != nil {
 			c.rec.apiRetried()
 		}
 		select {
 		case <-ctx.Done():
-			return nil, c.redactError(fmt.Errorf("%w (after: %w)", ctx.Err(), err))
+			return nil, fmt.Errorf("%w (after: %w)", ctx.Err(), err)
 		case <-time.After(wait):
 		}
 	}
@@ -250,22 +224,18 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		return nil, err
 	}
 	req.Header = c.header.Clone()
-	start := time.Now()
-	resp, err := c.http.Do(req)
-	status := 0
-	if err == nil {
-		status = resp.StatusCode
-		defer resp.Body.Close()
-	}
+	start, status := time.Now(), 0
 	if c.rec != nil {
 		defer func() { c.rec.apiCalled(status, time.Since(start)) }()
 	}
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
 	}
+	defer resp.Body.Close()
+	status = resp.StatusCode
 	shown := c.shownURL + strings.TrimPrefix(target, c.optimizeURL)
-	// Enough of the body for an excerpt, and for a key that starts in it.
-	headMax := maxExcerptBytes + len(c.apiKey)
+	headMax := maxExcerptBytes + len(c.apiKey) // an excerpt, and a key that starts in it
 	if resp.StatusCode != http.StatusOK {
 		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(headMax)))
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // so that the connection is reused
@@ -283,8 +253,8 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", shown, maxResultBytes)
 	case err != nil:
 		io.CopyN(io.Discard, rr, int64(headMax-len(rr.head))) // the excerpt shows the body's start
-		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)",
-			shown, err, excerpt(c.redact(string(rr.head)), maxExcerptBytes))
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %s (body starts: %s)",
+			shown, c.redact(err.Error()), excerpt(c.redact(string(rr.head)), maxExcerptBytes))
 	case rr.raw != nil:
 		res.Raw = rr.raw.Bytes()
 	}
@@ -315,16 +285,15 @@ func (rr *resultReader) reset(body io.Reader, headMax int, keepRaw bool) {
 	if keepRaw {
 		rr.raw = &bytes.Buffer{}
 	}
-	// Duplicate names are not looked for (it costs most of the decoding);
-	// requestOnce refuses the one that matters.
+	// Not looking for duplicate names halves the decoding's cost;
+	// requestID refuses the one that matters.
 	rr.dec.Reset(rr, jsontext.AllowDuplicateNames(true))
 }
 
 // Read is the decoder's read. The decoder reads more only when the token
 // it reads does not end in what it holds, so what it has read and not
-// consumed is that token: past maxTokenBytes, Read refuses to go on. Each
-// read is at most a quarter of that, so no token over 1.25 x maxTokenBytes
-// is held; reads stop one byte past maxResultBytes.
+// consumed is that token: past maxTokenBytes, Read refuses to go on. A
+// read is at most a quarter of that, and stops one byte past maxResultBytes.
 func (rr *resultReader) Read(p []byte) (int, error) {
 	if rr.read-rr.dec.InputOffset() > maxTokenBytes {
 		return 0, errTokenTooLong
@@ -349,14 +318,13 @@ var (
 // decode reads one result, refusing what is not this result: not a JSON
 // object, trailing data, a request_id missing, given twice, or not wantID.
 func (rr *resultReader) decode(wantID string) (*optimization, error) {
+	res := &optimization{}
 	if rr.dec.PeekKind() != '{' {
 		if _, err := rr.dec.ReadToken(); err != nil {
 			return nil, fmt.Errorf("not JSON: %w", err)
 		}
 		return nil, errors.New("not a JSON object")
-	}
-	res := &optimization{}
-	if err := json.UnmarshalDecode(rr.dec, res, lenient); err != nil {
+	} else if err := json.UnmarshalDecode(rr.dec, res, lenient); err != nil {
 		// The error's JSON pointer is made of the result's names, which an
 		// API could fill with the key, cut where redaction cannot see it.
 		if se := (*json.SemanticError)(nil); errors.As(err, &se) {
@@ -366,8 +334,7 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 			se.JSONPointer = ""
 		}
 		return nil, err
-	}
-	if _, err := rr.dec.ReadToken(); err != io.EOF {
+	} else if _, err := rr.dec.ReadToken(); err != io.EOF {
 		return nil, errors.New("data after the JSON object")
 	}
 	switch id := string(res.RequestID); {
@@ -389,31 +356,13 @@ func (c *optiPickClient) redact(text string) string {
 	return strings.ReplaceAll(text, c.apiKey, "[API key]")
 }
 
-// redactError is err with its message redacted; errors.Is and errors.As
-// see through it.
-func (c *optiPickClient) redactError(err error) error {
-	if msg := c.redact(err.Error()); msg != err.Error() {
-		return &redactedError{msg: msg, err: err}
-	}
-	return err
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
-
 // excerpt is at most max bytes of s, as valid UTF-8 without control or
 // bidirectional-text characters, so that it reads the same in any log.
 func excerpt(s string, max int) string {
 	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '\n' || r == '\r' || r == '\t':
+		if r == '\n' || r == '\r' || r == '\t' {
 			return ' '
-		case !unicode.IsPrint(r):
+		} else if !unicode.IsPrint(r) {
 			return '\uFFFD'
 		}
 		return r
