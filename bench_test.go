@@ -135,7 +135,7 @@ func BenchmarkDecodeClusterResult(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				result, err := decodeResult(bytes.NewReader(raw), testRequestID)
-				if err != nil || len(result.OptimalClusters) == 0 {
+				if err != nil || int(result.OptimalClusters) == 0 {
 					b.Fatal(err)
 				}
 			}

@@ -10,18 +10,16 @@ import (
 )
 
 // connLimitListener admits at most max connections at once. When all are
-// taken, it closes one that is not serving a verified delivery (idle, still
-// sending its request, or sending one that has not proved genuine), so
-// that a newcomer such as Svix gets in at once however many connections an
-// attacker holds or renews. The victim is drawn at random, so that an
-// attacker cannot arrange which; one that carried a verified delivery
-// (Svix's keep-alive) only when no other is open. Only when every
-// connection serves a verified delivery does a newcomer wait, in the
-// kernel's accept queue, for one to end.
+// taken, it closes one that is not serving a verified delivery (idle, or
+// sending a request that has not proved genuine), so that a newcomer such
+// as Svix gets in at once however many connections an attacker holds. The
+// victim is drawn at random, so that an attacker cannot arrange which; one
+// that carried a verified delivery (Svix's keep-alive) only when no other
+// is open. Only when all serve verified deliveries does a newcomer wait.
 //
 // Wire it with the server's ConnState (trackState) and ConnContext
-// (connContext): the handler reports a verified request by calling the
-// func it finds under verifiedHookKey in the request's context.
+// (connContext): the handler calls the func under verifiedHookKey in the
+// request's context once the request proved genuine.
 type connLimitListener struct {
 	net.Listener
 	slots     chan struct{} // one per admitted connection
@@ -32,8 +30,8 @@ type connLimitListener struct {
 	sheddable map[*limitedConn]bool // admitted, not serving a verified delivery
 }
 
-// shedAfter spares a connection just accepted: a genuine client sends its
-// request within milliseconds.
+// shedAfter spares a connection just accepted: a client sends its request
+// within milliseconds.
 const shedAfter = 100 * time.Millisecond
 
 func newConnLimitListener(l net.Listener, max int) *connLimitListener {
@@ -77,18 +75,17 @@ func (l *connLimitListener) Close() error {
 	return l.Listener.Close()
 }
 
-// trackState is the http.Server's ConnState hook: a connection is
-// sheddable again whenever a request ends or a new one starts.
+// trackState is the ConnState hook: a connection is sheddable again
+// whenever a request ends or a new one starts.
 func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 	if lc, ok := c.(*limitedConn); ok {
 		l.setSheddable(lc, state == http.StateNew || state == http.StateIdle || state == http.StateActive)
 	}
 }
 
-// connContext is the http.Server's ConnContext hook.
 func (l *connLimitListener) connContext(ctx context.Context, c net.Conn) context.Context {
 	if lc, ok := c.(*limitedConn); ok {
-		return context.WithValue(ctx, verifiedHookKey{}, func() { // protects c while it serves a verified delivery
+		return context.WithValue(ctx, verifiedHookKey{}, func() { // protects lc while it serves a verified delivery
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			lc.carriedVerified = true
@@ -135,8 +132,8 @@ func (l *connLimitListener) shedOne() bool {
 	return len(never) > 0
 }
 
-// limitedConn gives its slot back when it is first closed, by the server
-// or by shedding.
+// limitedConn gives its slot back when first closed, by the server or by
+// shedding.
 type limitedConn struct {
 	net.Conn
 	l        *connLimitListener

@@ -28,7 +28,7 @@ func Example_processFunc() {
 	// harmless. A real store must be safe for concurrent deliveries.
 	stored := map[string]int{}
 	store := func(ctx context.Context, d delivery, res *optimization) error {
-		stored[d.RequestID] = len(res.OptimalClusters)
+		stored[d.RequestID] = int(res.OptimalClusters)
 		return nil // an error here answers 5xx, and Svix retries
 	}
 

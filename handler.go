@@ -48,19 +48,19 @@ type delivery struct {
 // idempotent, for example keyed on d.MessageID or d.RequestID.
 type processFunc func(ctx context.Context, d delivery, res *optimization) error
 
-// outcome is how a delivery ended.
+// outcome is how a delivery ended, for the metrics.
 type outcome string
 
 const (
 	outcomeProcessed        outcome = "processed"         // 200
-	outcomeDuplicate        outcome = "duplicate"         // 200: handled by another delivery of the message
-	outcomeOtherKind        outcome = "other_kind"        // 409: verified for the other kind before
+	outcomeDuplicate        outcome = "duplicate"         // 200, handled by another delivery of the message
+	outcomeOtherKind        outcome = "other_kind"        // 409
 	outcomeInvalidSignature outcome = "invalid_signature" // 401
 	outcomeTooLarge         outcome = "too_large"         // 413
 	outcomeUnreadableBody   outcome = "unreadable_body"   // 400
 	outcomeBadRequest       outcome = "bad_request"       // 400 + abort: genuine, but no valid request_id
 	outcomeFetchFailed      outcome = "fetch_failed"      // 5xx
-	outcomeProcessFailed    outcome = "process_failed"    // 5xx: the processFunc failed (or panicked)
+	outcomeProcessFailed    outcome = "process_failed"    // 5xx: the processFunc failed
 )
 
 // recorder counts what the service does (metrics.go has one).
@@ -82,7 +82,8 @@ type services struct {
 	ready    func() bool // false once a shutdown starts
 }
 
-// newServer is the whole service as one http.Handler: it registers every route.
+// newServer is the whole service as one http.Handler: it registers every
+// route. Answers are plain ASCII, which net/http names text/plain.
 func newServer(s services) http.Handler {
 	rejected := &rejectLog{logger: s.logger, rec: s.rec}
 	mux := http.NewServeMux()
@@ -97,7 +98,7 @@ func newServer(s services) http.Handler {
 		}
 		io.WriteString(w, "ready\n")
 	})
-	// 404 where ServeMux would redirect to a cleaned path (/webhook//route):
+	// 404 where ServeMux would redirect to a clean path (/webhook//route):
 	// Svix counts a redirect as a failure.
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "" || r.URL.Path != path.Clean(r.URL.Path) {
@@ -109,9 +110,8 @@ func newServer(s services) http.Handler {
 }
 
 // handleWebhook handles deliveries of kind k: it reads and verifies one,
-// then fetches and processes its optimization once per message (dedupe).
-// It answers 200 only when that work is done. Answers are plain ASCII,
-// which net/http names text/plain without a header set by hand (cheaper).
+// then fetches and processes its optimization once per message, and
+// answers 200 only when that work is done.
 func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The work is shared with the message's duplicates, so it ends at
@@ -127,7 +127,8 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 		d, rej := readDelivery(w, r, k, s.verifier)
 		if rej != nil {
 			o = rej.outcome
-			attrs := []any{"kind", k, "svix_id", logSafe(messageID(r.Header)), "status", rej.status, "reason", rej.reason}
+			id, _ := signatureHeaders(r.Header)
+			attrs := []any{"kind", k, "svix_id", logSafe(id), "status", rej.status, "reason", rej.reason}
 			if rej.outcome == outcomeBadRequest {
 				// Genuine but unusable: retrying cannot fix it. An error: if
 				// OptiPick changed its body, every event would end here.
@@ -146,13 +147,12 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 
 		shared, err := s.seen.do(ctx, d.Kind, d.MessageID, func(ctx context.Context) error {
 			result, err := s.fetch(ctx, d.Kind, d.RequestID)
-			if err != nil {
-				return err
+			if err == nil {
+				if err = s.process(ctx, d, result); err != nil {
+					err = fmt.Errorf("%w: %w", errProcessing, err)
+				}
 			}
-			if err := s.process(ctx, d, result); err != nil {
-				return &processError{err}
-			}
-			return nil
+			return err
 		})
 		if err == nil && !shared {
 			o = outcomeProcessed
@@ -166,7 +166,7 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 			rejected.warn("rejected delivery of a message verified for the other kind", append(attrs, "status", http.StatusConflict)...)
 			http.Error(w, "this message was delivered for the other kind", http.StatusConflict)
 		case err != nil:
-			if errors.As(err, new(*processError)) || errors.Is(err, errWorkDidNotReturn) {
+			if errors.Is(err, errProcessing) || errors.Is(err, errWorkDidNotReturn) {
 				o = outcomeProcessFailed
 			}
 			attrs = append(attrs, "status", statusFor(err), "err", err)
@@ -188,11 +188,8 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 // once the request proved genuine (connLimitListener's).
 type verifiedHookKey struct{}
 
-// processError is a processFunc's error, told apart from a failed fetch.
-type processError struct{ err error }
-
-func (e *processError) Error() string { return "processing the result: " + e.err.Error() }
-func (e *processError) Unwrap() error { return e.err }
+// errProcessing marks a processFunc's error, told apart from a failed fetch.
+var errProcessing = errors.New("processing the result")
 
 // rejection is why a delivery was refused: its status, what the sender is
 // told (nothing of ours), and what the log says.
@@ -228,7 +225,8 @@ func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (d
 		return delivery{}, &rejection{http.StatusBadRequest, outcomeBadRequest, "body must be JSON with a request_id of 1 to 128 letters, digits, _ or -",
 			fmt.Sprintf("body (%d bytes) is not JSON with a valid request_id", len(body))}
 	}
-	return delivery{Kind: k, MessageID: messageID(r.Header), RequestID: payload.RequestID}, nil
+	id, _ := signatureHeaders(r.Header)
+	return delivery{Kind: k, MessageID: id, RequestID: payload.RequestID}, nil
 }
 
 // validRequestID accepts 1 to 128 of [A-Za-z0-9_-]: OptiPick's ids are
@@ -255,13 +253,8 @@ func statusFor(err error) int {
 	return http.StatusBadGateway
 }
 
-// messageID is the message's id, from the headers the Svix library
+// signatureHeaders are the message id and signatures the Svix library
 // verifies: svix-* when all three are there, else webhook-*.
-func messageID(h http.Header) string {
-	id, _ := signatureHeaders(h)
-	return id
-}
-
 func signatureHeaders(h http.Header) (id, signature string) {
 	if id, signature = h.Get("Svix-Id"), h.Get("Svix-Signature"); id == "" || signature == "" || h.Get("Svix-Timestamp") == "" {
 		id, signature = h.Get("Webhook-Id"), h.Get("Webhook-Signature")
@@ -286,25 +279,23 @@ func logSafe(s string) string {
 type verifier []*svix.Webhook
 
 // newVerifier reads WEBHOOK_SECRET: whsec_ secrets separated by spaces or
-// commas. Its errors never repeat a secret.
-func newVerifier(secrets string) (verifier, error) {
+// commas. Its errors never repeat a secret (the library's do).
+func newVerifier(secrets string) (v verifier, err error) {
 	entries := strings.Fields(strings.ReplaceAll(secrets, ",", " "))
 	if len(entries) == 0 {
 		return nil, errors.New("required: the endpoint's signing secret (whsec_...) from the OptiPick dashboard")
-	}
-	if len(entries) > maxSecrets {
+	} else if len(entries) > maxSecrets {
 		return nil, fmt.Errorf("%d secrets; at most %d (one per endpoint, two during a rotation)", len(entries), maxSecrets)
 	}
-	var v verifier
 	for i, secret := range entries {
-		wh, err := svix.NewWebhook(secret) // its errors quote the secret: ours do not
-		switch {
+		wh, err := svix.NewWebhook(secret)
+		switch nth := fmt.Sprintf("secret %d of %d", i+1, len(entries)); {
 		case strings.ContainsAny(secret, `#"'`):
-			return nil, fmt.Errorf("secret %d of %d holds # or a quote: put comments on their own line, and no quotes (docker/podman --env-file keep both)", i+1, len(entries))
+			return nil, errors.New(nth + " holds # or a quote: put comments on their own line, and no quotes (docker/podman --env-file keep both)")
 		case !strings.HasPrefix(secret, "whsec_"):
-			return nil, fmt.Errorf("secret %d of %d does not start with whsec_", i+1, len(entries))
+			return nil, errors.New(nth + " does not start with whsec_")
 		case err != nil:
-			return nil, fmt.Errorf("secret %d of %d is not whsec_ followed by standard base64", i+1, len(entries))
+			return nil, errors.New(nth + " is not whsec_ followed by standard base64")
 		}
 		v = append(v, wh)
 	}
@@ -314,12 +305,11 @@ func newVerifier(secrets string) (verifier, error) {
 // verify reports whether any of the secrets signed body, with the library's
 // reason (never a secret) when none did. Headers too long to come from Svix
 // are refused before the library loops over them.
-func (v verifier) verify(body []byte, header http.Header) error {
+func (v verifier) verify(body []byte, header http.Header) (err error) {
 	id, signature := signatureHeaders(header)
 	if len(id) > maxMessageIDBytes || len(signature) > maxSignatureHeaderBytes || strings.Count(signature, " ") >= maxSignatures {
 		return fmt.Errorf("id over %d bytes, or signatures over %d bytes or %d entries", maxMessageIDBytes, maxSignatureHeaderBytes, maxSignatures)
 	}
-	err := errors.New("no secret")
 	for _, wh := range v {
 		if err = wh.Verify(body, header); err == nil {
 			return nil
@@ -337,13 +327,13 @@ func logSummary(logger *slog.Logger) processFunc {
 			slog.String("request_id", d.RequestID), slog.String("site_name", res.SiteName))
 		if d.Kind == kindCluster {
 			attrs = append(attrs, number("asis_distance", res.AsisDistance), number("optimal_distance", res.OptimalDistance),
-				slog.Int("clusters", len(res.OptimalClusters)))
+				slog.Int("clusters", int(res.OptimalClusters)))
 			// Guarded so that no NaN or Inf reaches a JSON log line.
 			if saving := (res.AsisDistance - res.OptimalDistance) / res.AsisDistance * 100; res.AsisDistance > 0 && !math.IsInf(saving, 0) {
 				attrs = append(attrs, number("saving_pct", math.Round(saving*10)/10))
 			}
 		} else {
-			attrs = append(attrs, slog.Int("picks", len(res.Picks)))
+			attrs = append(attrs, slog.Int("picks", int(res.Picks)))
 		}
 		attrs = append(attrs, number("computation_time_s", res.ComputationTime))
 		if res.Error != "" {

@@ -63,32 +63,33 @@ const (
 // Unknown fields are skipped; a string or number field sent as another
 // type is left zero.
 type optimization struct {
-	RequestID       requestID  `json:"request_id"`
-	SiteName        string     `json:"site_name"`
-	ComputationTime float64    `json:"computation_time"` // seconds
-	Error           failure    `json:"error"`            // set when the optimization itself failed
-	AsisDistance    float64    `json:"asis_distance"`
-	OptimalDistance float64    `json:"optimal_distance"`
-	OptimalClusters []struct{} `json:"optimal_clusters"` // counted only: give struct{} fields to read them
-	Picks           []struct{} `json:"picks"`
-	Raw             []byte     `json:"-"` // the whole result, with KEEP_RESULT_JSON or LOG_LEVEL=debug
+	RequestID       requestID `json:"request_id"`
+	SiteName        string    `json:"site_name"`
+	ComputationTime float64   `json:"computation_time"` // seconds
+	Error           failure   `json:"error"`            // set when the optimization itself failed
+	AsisDistance    float64   `json:"asis_distance"`
+	OptimalDistance float64   `json:"optimal_distance"`
+	OptimalClusters count     `json:"optimal_clusters"` // to keep the clusters, make it a []struct{...}
+	Picks           count     `json:"picks"`
+	Raw             []byte    `json:"-"` // the whole result, with KEEP_RESULT_JSON or LOG_LEVEL=debug
 }
 
-// requestID is a result's request_id: a string, given once.
+// requestID is a result's request_id; badRequestID when it was given twice,
+// or not as a string of one character or more.
 type requestID string
 
+const badRequestID requestID = "\x00"
+
 func (r *requestID) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
-	tok, err := dec.ReadToken()
-	switch {
-	case err != nil:
-		return err
-	case *r != "":
-		return errors.New("request_id given twice")
-	case tok.Kind() != '"' || tok.String() == "":
-		return errors.New("request_id is not an id")
+	if dec.PeekKind() != '"' || *r != "" {
+		*r = badRequestID
+		return dec.SkipValue()
 	}
-	*r = requestID(tok.String())
-	return nil
+	tok, err := dec.ReadToken()
+	if *r = requestID(tok.String()); *r == "" {
+		*r = badRequestID
+	}
+	return err
 }
 
 // failure is OptiPick's message for a failed optimization (null if none).
@@ -106,8 +107,8 @@ func (f *failure) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
 	return err
 }
 
-// lenient reads a string or number sent as another type (or a number out
-// of range) as zero, and any element of a []struct{}.
+// lenient reads a string or number sent as another type, or a number out
+// of range, as zero.
 var lenient = json.WithUnmarshalers(json.JoinUnmarshalers(
 	json.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *string) error {
 		if dec.PeekKind() == '"' {
@@ -125,8 +126,24 @@ var lenient = json.WithUnmarshalers(json.JoinUnmarshalers(
 		}
 		return err
 	}),
-	json.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *struct{}) error { return dec.SkipValue() }),
 ))
+
+// count is how many elements an array has, read without keeping them.
+type count int
+
+func (n *count) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	if dec.PeekKind() != '[' {
+		return dec.SkipValue()
+	}
+	_, err := dec.ReadToken()
+	for ; err == nil && dec.PeekKind() != ']'; *n++ {
+		err = dec.SkipValue()
+	}
+	if err == nil {
+		_, err = dec.ReadToken()
+	}
+	return err
+}
 
 // optiPickClient fetches finished optimizations from the OptiPick API.
 type optiPickClient struct {
@@ -340,6 +357,8 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 	switch id := string(res.RequestID); {
 	case id == "":
 		return nil, errors.New("no request_id")
+	case res.RequestID == badRequestID:
+		return nil, errors.New("request_id given twice, or not as a string")
 	case id != wantID && !validRequestID(id): // not shown: an API may echo the key there
 		return nil, fmt.Errorf("request_id is not %s, nor an id (%d bytes)", wantID, len(id))
 	case id != wantID:

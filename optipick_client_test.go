@@ -101,7 +101,7 @@ func TestFetchRetriesNetworkErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(result.Picks) != 3 || calls.Load() != 2 {
+		if int(result.Picks) != 3 || calls.Load() != 2 {
 			t.Errorf("picks = %d, calls = %d; want 3 picks after 2 calls", result.Picks, calls.Load())
 		}
 	})
@@ -237,8 +237,8 @@ func TestResultDecodingIsLenient(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if result.SiteName != tc.wantSite || string(result.Error) != tc.wantFailure || len(result.OptimalClusters) != tc.wantClusters {
-					t.Errorf("got site %q, failure %q, %d clusters", result.SiteName, result.Error, len(result.OptimalClusters))
+				if result.SiteName != tc.wantSite || string(result.Error) != tc.wantFailure || int(result.OptimalClusters) != tc.wantClusters {
+					t.Errorf("got site %q, failure %q, %d clusters", result.SiteName, result.Error, int(result.OptimalClusters))
 				}
 				if string(result.Raw) != tc.body {
 					t.Errorf("raw = %q, want the body as sent", result.Raw)
