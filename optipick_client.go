@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,36 +61,18 @@ const (
 
 // optimization is what the service reads of an OptiPick result. To read
 // another field, add it with its tag: WaveID string `json:"wave_id"`.
-// Unknown fields are skipped; a string or number field sent as another
-// type is left zero.
+// Unknown fields are skipped, and a field sent as another type is left
+// zero (decode).
 type optimization struct {
-	RequestID       requestID `json:"request_id"`
-	SiteName        string    `json:"site_name"`
-	ComputationTime float64   `json:"computation_time"` // seconds
-	Error           failure   `json:"error"`            // set when the optimization itself failed
-	AsisDistance    float64   `json:"asis_distance"`
-	OptimalDistance float64   `json:"optimal_distance"`
-	OptimalClusters count     `json:"optimal_clusters"` // to keep the clusters, make it a []struct{...}
-	Picks           count     `json:"picks"`
-	Raw             []byte    `json:"-"` // the whole result, with KEEP_RESULT_JSON or LOG_LEVEL=debug
-}
-
-// requestID is a result's request_id; badRequestID when it was given twice,
-// or not as a string of one character or more.
-type requestID string
-
-const badRequestID requestID = "\x00"
-
-func (r *requestID) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
-	if dec.PeekKind() != '"' || *r != "" {
-		*r = badRequestID
-		return dec.SkipValue()
-	}
-	tok, err := dec.ReadToken()
-	if *r = requestID(tok.String()); *r == "" {
-		*r = badRequestID
-	}
-	return err
+	RequestID       string  `json:"request_id"`
+	SiteName        string  `json:"site_name"`
+	ComputationTime float64 `json:"computation_time"` // seconds
+	Error           failure `json:"error"`            // set when the optimization itself failed
+	AsisDistance    float64 `json:"asis_distance"`
+	OptimalDistance float64 `json:"optimal_distance"`
+	OptimalClusters count   `json:"optimal_clusters"` // to keep the clusters, make it a []struct{...}
+	Picks           count   `json:"picks"`
+	Raw             []byte  `json:"-"` // the whole result, with KEEP_RESULT_JSON or LOG_LEVEL=debug
 }
 
 // failure is OptiPick's message for a failed optimization (null if none).
@@ -106,27 +89,6 @@ func (f *failure) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
 	}
 	return err
 }
-
-// lenient reads a string or number sent as another type, or a number out
-// of range, as zero.
-var lenient = json.WithUnmarshalers(json.JoinUnmarshalers(
-	json.UnmarshalFromFunc(func(dec *jsontext.Decoder, _ *string) error {
-		if dec.PeekKind() == '"' {
-			return errors.ErrUnsupported // the default
-		}
-		return dec.SkipValue()
-	}),
-	json.UnmarshalFromFunc(func(dec *jsontext.Decoder, f *float64) error {
-		if dec.PeekKind() != '0' {
-			return dec.SkipValue()
-		}
-		tok, err := dec.ReadToken()
-		if v, rangeErr := tok.Float(); rangeErr == nil {
-			*f = v
-		}
-		return err
-	}),
-))
 
 // count is how many elements an array has, read without keeping them.
 type count int
@@ -332,39 +294,77 @@ var (
 	errResultTooLarge = fmt.Errorf("a result over %d bytes", maxResultBytes)
 )
 
+// resultFields are optimization's fields by their tags' names.
+var resultFields = func() map[string]int {
+	fields := map[string]int{}
+	for i, f := range reflect.VisibleFields(reflect.TypeFor[optimization]()) {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			fields[name] = i
+		}
+	}
+	return fields
+}()
+
 // decode reads one result, refusing what is not this result: not a JSON
 // object, trailing data, a request_id missing, given twice, or not wantID.
+// It reads the object's members one by one (json.Unmarshal would match
+// each unknown name case-insensitively too, at twice the cost).
 func (rr *resultReader) decode(wantID string) (*optimization, error) {
-	res := &optimization{}
-	if rr.dec.PeekKind() != '{' {
-		if _, err := rr.dec.ReadToken(); err != nil {
-			return nil, fmt.Errorf("not JSON: %w", err)
-		}
+	res, dec, sawID := &optimization{}, rr.dec, false
+	if tok, err := dec.ReadToken(); err != nil {
+		return nil, fmt.Errorf("not JSON: %w", err)
+	} else if tok.Kind() != '{' {
 		return nil, errors.New("not a JSON object")
-	} else if err := json.UnmarshalDecode(rr.dec, res, lenient); err != nil {
-		// The error's JSON pointer is made of the result's names, which an
-		// API could fill with the key, cut where redaction cannot see it.
-		if se := (*json.SemanticError)(nil); errors.As(err, &se) {
-			se.JSONPointer = ""
+	}
+	for dec.PeekKind() != '}' {
+		quoted, err := dec.ReadValue()
+		if err != nil {
+			return nil, withoutPointer(err)
 		}
-		if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
-			se.JSONPointer = ""
+		name := quoted[1 : len(quoted)-1]
+		if bytes.IndexByte(name, '\\') >= 0 { // an escaped name: rare
+			name, _ = jsontext.AppendUnquote(nil, quoted)
 		}
-		return nil, err
-	} else if _, err := rr.dec.ReadToken(); err != io.EOF {
+		i, known := resultFields[string(name)]
+		if string(name) == "request_id" {
+			if sawID {
+				return nil, errors.New("request_id given twice")
+			}
+			sawID = true
+		}
+		if !known {
+			err = dec.SkipValue()
+		} else if err = json.UnmarshalDecode(dec, reflect.ValueOf(res).Elem().Field(i).Addr().Interface()); errors.As(err, new(*json.SemanticError)) {
+			err = nil // another type: left zero
+		}
+		if err != nil {
+			return nil, withoutPointer(err)
+		}
+	}
+	if _, err := dec.ReadToken(); err != nil { // }
+		return nil, withoutPointer(err)
+	} else if _, err := dec.ReadToken(); err != io.EOF {
 		return nil, errors.New("data after the JSON object")
 	}
-	switch id := string(res.RequestID); {
+	switch id := res.RequestID; {
 	case id == "":
 		return nil, errors.New("no request_id")
-	case res.RequestID == badRequestID:
-		return nil, errors.New("request_id given twice, or not as a string")
 	case id != wantID && !validRequestID(id): // not shown: an API may echo the key there
 		return nil, fmt.Errorf("request_id is not %s, nor an id (%d bytes)", wantID, len(id))
 	case id != wantID:
 		return nil, fmt.Errorf("request_id is %s, not %s", id, wantID)
 	}
 	return res, nil
+}
+
+// withoutPointer drops a syntax error's JSON pointer: it is made of the
+// result's names, which an API could fill with the key, cut where
+// redaction cannot see it.
+func withoutPointer(err error) error {
+	if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
+		se.JSONPointer = ""
+	}
+	return err
 }
 
 // redact replaces the API key in text that came from the API.
