@@ -2,9 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -43,14 +43,19 @@ type dedupe struct {
 	capacity int
 	epoch    time.Time // times are offsets from it, on the monotonic clock
 
-	mu      sync.Mutex
-	entries map[[16]byte]*entry // by the first 128 bits of the svix-id's SHA-256: bounded whatever the id
-	ended   []*entry            // entries whose work ended, oldest first
+	seeds [2]maphash.Seed
+
+	mu sync.Mutex
+	// By two 64-bit hashes of the svix-id: bounded whatever the id. Only
+	// verified ids are remembered, and two collide as likely as one guesses
+	// a 128-bit key.
+	entries map[[2]uint64]*entry
+	ended   []*entry // entries whose work ended, oldest first
 }
 
 // entry is a message's work: running until done is closed, then its outcome.
 type entry struct {
-	key  [16]byte
+	key  [2]uint64
 	kind kind
 	done chan struct{} // closed when err and at are set
 	err  error
@@ -58,7 +63,8 @@ type entry struct {
 }
 
 func newDedupe(window time.Duration, capacity int) *dedupe {
-	return &dedupe{window: window, capacity: capacity, epoch: time.Now(), entries: map[[16]byte]*entry{}}
+	return &dedupe{window: window, capacity: capacity, epoch: time.Now(), seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		entries: map[[2]uint64]*entry{}}
 }
 
 // do runs work(ctx) for message id of kind k, unless the message is
@@ -70,8 +76,7 @@ func newDedupe(window time.Duration, capacity int) *dedupe {
 // wait for it: ctx should end at a deadline, not when the caller goes
 // away. A panic in work, or a runtime.Goexit, is an error for every caller.
 func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Context) error) (shared bool, err error) {
-	sum := sha256.Sum256([]byte(id))
-	key := [16]byte(sum[:16])
+	key := [2]uint64{maphash.String(d.seeds[0], id), maphash.String(d.seeds[1], id)}
 	d.mu.Lock()
 	if e := d.entries[key]; e != nil {
 		select {
