@@ -236,16 +236,15 @@ func TestVersionOf(t *testing.T) {
 	for _, tc := range []struct {
 		version string
 		info    *debug.BuildInfo
-		ok      bool
 		want    string
 	}{
-		{"", nil, false, "unknown"},
-		{"v1.2.3", nil, false, "v1.2.3"},
-		{"", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, true, "(devel)"},
-		{"", &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"}}, true, "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"},
-		{"v1.2.3", &debug.BuildInfo{Main: debug.Module{Version: "v0.4.0"}}, true, "v1.2.3"},
+		{"", nil, "unknown"},
+		{"v1.2.3", nil, "v1.2.3"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "(devel)"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"}}, "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"},
+		{"v1.2.3", &debug.BuildInfo{Main: debug.Module{Version: "v0.4.0"}}, "v1.2.3"},
 	} {
-		if got := versionOf(tc.version, tc.info, tc.ok); got != tc.want {
+		if got := versionOf(tc.version, tc.info); got != tc.want {
 			t.Errorf("versionOf(%q, %v) = %q, want %q", tc.version, tc.info, got, tc.want)
 		}
 	}

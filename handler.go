@@ -67,8 +67,6 @@ const (
 type recorder interface {
 	started(k kind) (ended func(outcome))     // a delivery, until it ends
 	apiCalled(status int, took time.Duration) // status 0: no answer
-	apiRetried()
-	logLinesSuppressed(n int)
 }
 
 // services are what the handlers use. rec and ready may be nil.
@@ -85,7 +83,7 @@ type services struct {
 // newServer is the whole service as one http.Handler: it registers every
 // route. Answers are plain ASCII, which net/http names text/plain.
 func newServer(s services) http.Handler {
-	rejected := &rejectLog{logger: s.logger, rec: s.rec}
+	rejected := &rejectLog{logger: s.logger}
 	mux := http.NewServeMux()
 	mux.Handle("POST /webhook/cluster", handleWebhook(s, rejected, kindCluster))
 	mux.Handle("POST /webhook/route", handleWebhook(s, rejected, kindRoute))
@@ -362,7 +360,6 @@ func number(key string, f float64) slog.Attr {
 // and the count written when the interval ends.
 type rejectLog struct {
 	logger              *slog.Logger
-	rec                 recorder
 	mu                  sync.Mutex
 	windowEnd           time.Time
 	written, notWritten int
@@ -382,9 +379,6 @@ func (l *rejectLog) warn(msg string, args ...any) {
 			n := l.notWritten
 			l.notWritten = 0
 			l.mu.Unlock()
-			if l.rec != nil {
-				l.rec.logLinesSuppressed(n)
-			}
 			l.logger.Warn("rejected deliveries not logged, over the log rate limit", "count", n,
 				"limit", fmt.Sprintf("%d per %v", rejectLogBurst, rejectLogInterval))
 		})

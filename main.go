@@ -33,14 +33,11 @@ const (
 	// drainTimeout is how long a shutdown waits for in-flight deliveries:
 	// longer than deliveryDeadline, so that each gets its answer.
 	drainTimeout = deliveryDeadline + 5*time.Second
-
-	// The connections served at once (see connLimitListener), on the
-	// webhook port and on the metrics port, which a scraper or two use.
-	maxConnections        = 256
-	maxMetricsConnections = 16
-
-	dedupeCapacity = 100_000 // messages remembered
-	defaultAPIURL  = "https://optipick.api.optioryx.com"
+	// Connections served at once (connLimitListener) on the webhook port,
+	// and on the metrics port, which a scraper or two use.
+	maxConnections, maxMetricsConnections = 256, 16
+	dedupeCapacity                        = 100_000 // messages remembered
+	defaultAPIURL                         = "https://optipick.api.optioryx.com"
 )
 
 func main() {
@@ -57,7 +54,8 @@ func main() {
 	}
 }
 
-// version is set at build time (-ldflags "-X main.version=v1.2.3").
+// version is set at build time (-ldflags "-X main.version=v1.2.3"); else
+// it is the module's, which Go stamps from git.
 var version string
 
 const usage = `
@@ -88,16 +86,27 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	healthcheck := flags.Bool("healthcheck", false, "GET /healthz on this machine's PORT and exit 0 if it answers 200 (for container HEALTHCHECKs)")
 	showVersion := flags.Bool("version", false, "print the version and exit")
+	info, _ := debug.ReadBuildInfo()
+	version := versionOf(version, info)
 	if err := flags.Parse(args[min(1, len(args)):]); errors.Is(err, flag.ErrHelp) {
 		return nil
 	} else if err != nil {
 		return err
-	}
-	switch {
-	case *healthcheck:
-		return checkHealth(ctx, cmp.Or(strings.TrimSpace(getenv("PORT")), "8080"))
-	case *showVersion:
-		fmt.Fprintln(stdout, "optipick-webhooks", buildVersion(), runtime.Version())
+	} else if *showVersion {
+		fmt.Fprintln(stdout, "optipick-webhooks", version, runtime.Version())
+		return nil
+	} else if port := cmp.Or(strings.TrimSpace(getenv("PORT")), "8080"); *healthcheck { // distroless images have no curl: the binary probes itself
+		if !isPort(port) {
+			return errors.New("PORT: must be a port number from 0 to 65535")
+		}
+		resp, err := (&http.Client{Timeout: 3 * time.Second}).Get("http://127.0.0.1:" + port + "/healthz")
+		if err != nil {
+			return fmt.Errorf("healthcheck: %w", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("healthcheck: /healthz answered %s", resp.Status)
+		}
 		return nil
 	}
 
@@ -114,52 +123,51 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	client := newOptiPickClient(cfg.apiURL, cfg.apiKey, cfg.keepResultJSON || cfg.logLevel <= slog.LevelDebug, nil)
 	var ready atomic.Bool
 	svc := services{logger: logger, verifier: cfg.verifier, fetch: client.fetch, process: logSummary(logger), seen: seen, ready: ready.Load}
-	var metricsSrv *http.Server
+	var metrics *serviceMetrics
 	if cfg.metricsAddr != "" {
-		m := newServiceMetrics(buildVersion(), seen.Len)
-		svc.rec, client.rec = m, m
-		metricsSrv = newHTTPServer(m.handler(), logger)
+		metrics = newServiceMetrics(version, seen.Len)
+		svc.rec, client.rec = metrics, metrics
 	}
 
 	// The webhook server first, then metrics: the last scrape sees the drain.
-	servers := []*http.Server{newHTTPServer(newServer(svc), logger)}
+	var servers []*http.Server
 	serveErr := make(chan error, 2)
-	serve := func(srv *http.Server, addr string, maxConns int) (net.Addr, error) {
+	serve := func(handler http.Handler, variable, addr string, maxConns int) (net.Addr, error) {
 		tcp, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: cannot listen: %w", variable, err)
 		}
 		l := newConnLimitListener(tcp, maxConns)
+		srv := newHTTPServer(handler, logger)
 		srv.ConnState, srv.ConnContext = l.trackState, l.connContext
+		servers = append(servers, srv)
 		go func() { serveErr <- srv.Serve(l) }()
 		return tcp.Addr(), nil
 	}
-	addr, err := serve(servers[0], net.JoinHostPort("", cfg.port), maxConnections)
-	if err != nil {
-		return fmt.Errorf("PORT: cannot listen: %w", err)
-	}
-	if metricsSrv != nil {
-		metricsAddr, err := serve(metricsSrv, cfg.metricsAddr, maxMetricsConnections)
-		if err != nil {
-			servers[0].Close()
-			return fmt.Errorf("METRICS_ADDR: cannot listen: %w", err)
-		}
-		servers = append(servers, metricsSrv)
-		logger.Info("serving metrics", "addr", metricsAddr.String(), "path", "/metrics")
-	}
-	ready.Store(true)
-	logger.Info("listening", "addr", addr.String(), "version", buildVersion(), "api_url", cfg.apiURL.Redacted(),
-		"secrets", len(cfg.verifier), "dedupe_window", cfg.dedupeWindow.String())
-	if ip := net.ParseIP(cfg.apiURL.Hostname()); cfg.apiURL.Scheme == "http" && cfg.apiURL.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		logger.Warn("OPTIPICK_API_URL is plain http to another machine: the API key travels in clear text; use https",
-			"api_url", cfg.apiURL.Redacted())
-	}
-
 	closeAll := func() {
 		for _, s := range servers {
 			s.Close()
 		}
 	}
+	addr, err := serve(newServer(svc), "PORT", net.JoinHostPort("", cfg.port), maxConnections)
+	if err != nil {
+		return err
+	}
+	if metrics != nil {
+		metricsAddr, err := serve(metrics.handler(), "METRICS_ADDR", cfg.metricsAddr, maxMetricsConnections)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		logger.Info("serving metrics", "addr", metricsAddr.String(), "path", "/metrics")
+	}
+	ready.Store(true)
+	logger.Info("listening", "addr", addr.String(), "version", version, "api_url", cfg.apiURL.Redacted(),
+		"secrets", len(cfg.verifier), "dedupe_window", cfg.dedupeWindow.String())
+	if ip := net.ParseIP(cfg.apiURL.Hostname()); cfg.apiURL.Scheme == "http" && cfg.apiURL.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		logger.Warn("OPTIPICK_API_URL is plain http to another machine: the API key travels in clear text; use https", "api_url", cfg.apiURL.Redacted())
+	}
+
 	select {
 	case err := <-serveErr:
 		closeAll()
@@ -190,15 +198,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
-// buildVersion is the version set at build time, else the module's, which
-// Go stamps from git: a tag, or a pseudo-version naming the revision.
-func buildVersion() string {
-	info, ok := debug.ReadBuildInfo()
-	return versionOf(version, info, ok)
-}
-
-func versionOf(v string, info *debug.BuildInfo, ok bool) string {
-	if v == "" && ok {
+// versionOf is v, else the module's version: a tag, or a pseudo-version
+// naming the git revision.
+func versionOf(v string, info *debug.BuildInfo) string {
+	if v == "" && info != nil {
 		return info.Main.Version
 	}
 	return cmp.Or(v, "unknown")
@@ -207,15 +210,10 @@ func versionOf(v string, info *debug.BuildInfo, ok bool) string {
 // newHTTPServer wraps handler in an http.Server whose every phase has a
 // deadline, so that slow or stalled clients cannot hold connections.
 func newHTTPServer(handler http.Handler, logger *slog.Logger) *http.Server {
-	return &http.Server{
-		Handler:           handler,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      deliveryDeadline + 5*time.Second,
-		IdleTimeout:       30 * time.Second,
-		MaxHeaderBytes:    16 << 10, // Svix sends a few hundred bytes; ingresses add some
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	return &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: deliveryDeadline + 5*time.Second, IdleTimeout: 30 * time.Second,
+		MaxHeaderBytes: 16 << 10, // Svix sends a few hundred bytes; ingresses add some
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 }
 
 type config struct {
@@ -249,8 +247,7 @@ func loadConfig(getenv func(string) string) (cfg config, err error) {
 		cfg.apiURL.RawQuery != "" || cfg.apiURL.Fragment != "" {
 		return cfg, errors.New("OPTIPICK_API_URL: must be an absolute http(s) URL without query or fragment, such as " + defaultAPIURL)
 	}
-	// 0 asks the system for a free port; the "listening" log line tells which.
-	if cfg.port = cmp.Or(env("PORT"), "8080"); !isUint(cfg.port, 16) {
+	if cfg.port = cmp.Or(env("PORT"), "8080"); !isPort(cfg.port) {
 		return cfg, errors.New("PORT: must be a port number from 0 to 65535")
 	}
 	if err := cfg.logLevel.UnmarshalText([]byte(cmp.Or(env("LOG_LEVEL"), "info"))); err != nil || strings.ContainsAny(env("LOG_LEVEL"), "+-") {
@@ -266,7 +263,7 @@ func loadConfig(getenv func(string) string) (cfg config, err error) {
 		return cfg, errors.New("DEDUPE_WINDOW: must be a duration such as 24h, 90m or 0")
 	}
 	if cfg.metricsAddr = env("METRICS_ADDR"); cfg.metricsAddr != "" {
-		if _, port, err := net.SplitHostPort(cfg.metricsAddr); err != nil || !isUint(port, 16) {
+		if _, port, err := net.SplitHostPort(cfg.metricsAddr); err != nil || !isPort(port) {
 			return cfg, errors.New("METRICS_ADDR: must be host:port or :port, such as :9090 (empty: no metrics)")
 		}
 	}
@@ -276,27 +273,7 @@ func loadConfig(getenv func(string) string) (cfg config, err error) {
 	return cfg, nil
 }
 
-func isUint(s string, bits int) bool {
-	_, err := strconv.ParseUint(s, 10, bits)
+func isPort(s string) bool {
+	_, err := strconv.ParseUint(s, 10, 16)
 	return err == nil
-}
-
-// checkHealth is the -healthcheck mode: distroless images have no shell or
-// curl, so the binary probes itself.
-func checkHealth(ctx context.Context, port string) error {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", port)+"/healthz", nil)
-	if err != nil {
-		return fmt.Errorf("PORT: %w", err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("healthcheck: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("healthcheck: /healthz answered %s", resp.Status)
-	}
-	return nil
 }

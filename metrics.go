@@ -13,13 +13,11 @@ import (
 // serviceMetrics are the service's Prometheus metrics, a recorder. Every
 // label has a few fixed values, all created at start (rate() sees zeros).
 type serviceMetrics struct {
-	set            *metrics.Set
-	deliveries     map[kind]map[outcome]*metrics.Counter
-	durations      map[outcome]*metrics.PrometheusHistogram
-	apiCalls       [5]*metrics.PrometheusHistogram // by status class: no answer, 2xx, 3xx, 4xx, 5xx
-	apiRetries     *metrics.Counter
-	suppressedLogs *metrics.Counter
-	inFlight       atomic.Int64
+	set        *metrics.Set
+	deliveries map[kind]map[outcome]*metrics.Counter
+	durations  map[outcome]*metrics.PrometheusHistogram
+	apiCalls   [5]*metrics.PrometheusHistogram // by status class: no answer, 2xx, 3xx, 4xx, 5xx
+	inFlight   atomic.Int64
 }
 
 func newServiceMetrics(version string, dedupeEntries func() int) *serviceMetrics {
@@ -40,8 +38,6 @@ func newServiceMetrics(version string, dedupeEntries func() int) *serviceMetrics
 	for i, class := range []string{"error", "2xx", "3xx", "4xx", "5xx"} {
 		m.apiCalls[i] = m.set.NewPrometheusHistogramExt(fmt.Sprintf(`%sapi_request_duration_seconds{status_class=%q}`, prefix, class), buckets)
 	}
-	m.apiRetries = m.set.NewCounter(prefix + "api_retries_total")
-	m.suppressedLogs = m.set.NewCounter(prefix + "rejection_log_lines_suppressed_total")
 	m.set.NewGauge(prefix+"deliveries_in_flight", func() float64 { return float64(m.inFlight.Load()) })
 	m.set.NewGauge(prefix+"dedupe_entries", func() float64 { return float64(dedupeEntries()) })
 	m.set.NewGauge(fmt.Sprintf(`%sbuild_info{version=%q,goversion=%q}`, prefix, version, runtime.Version()), func() float64 { return 1 })
@@ -67,9 +63,6 @@ func (m *serviceMetrics) apiCalled(status int, took time.Duration) {
 	}
 	m.apiCalls[class].Update(took.Seconds())
 }
-
-func (m *serviceMetrics) apiRetried()              { m.apiRetries.Inc() }
-func (m *serviceMetrics) logLinesSuppressed(n int) { m.suppressedLogs.Add(n) }
 
 // handler serves the metrics in Prometheus text format, with the Go runtime
 // and process metrics.

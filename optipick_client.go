@@ -61,8 +61,7 @@ const (
 
 // optimization is what the service reads of an OptiPick result. To read
 // another field, add it with its tag: WaveID string `json:"wave_id"`.
-// Unknown fields are skipped, and a field sent as another type is left
-// zero (decode).
+// Unknown fields are skipped; one sent as another type is left zero.
 type optimization struct {
 	RequestID       string  `json:"request_id"`
 	SiteName        string  `json:"site_name"`
@@ -111,14 +110,14 @@ func (n *count) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
 type optiPickClient struct {
 	optimizeURL, shownURL string // {base}/optimize, and as logs show it: password redacted
 	apiKey                string
-	keepRaw               bool        // keep each result's JSON in optimization.Raw
-	header                http.Header // of every API call
+	keepRaw               bool // keep each result's JSON in optimization.Raw
+	header                http.Header
 	http                  *http.Client
 	slots                 chan struct{} // one per API call in flight
 	rec                   recorder      // nil: none
 }
 
-// newOptiPickClient returns a client for the API at baseURL. A nil
+// newOptiPickClient returns a client for the API at baseURL; a nil
 // transport is one sized and timed for this service.
 func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport http.RoundTripper) *optiPickClient {
 	if transport == nil {
@@ -179,9 +178,6 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 			}
 			return nil, err
 		}
-		if c.rec != nil {
-			c.rec.apiRetried()
-		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (after: %w)", ctx.Err(), err)
@@ -241,16 +237,16 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 }
 
 // resultReader is what a result is decoded from: it stops a result at
-// maxResultBytes and a token at maxTokenBytes, and keeps the first bytes
-// for an error's excerpt (all of them with keepRaw). It is pooled with its
-// decoder, which keeps its buffers across uses.
+// maxResultBytes and a token at maxTokenBytes, and keeps the first headMax
+// bytes for an error's excerpt (all with keepRaw). It is pooled with its
+// decoder, which keeps its buffers.
 type resultReader struct {
 	body    io.Reader
 	dec     *jsontext.Decoder // reads from this resultReader
-	read    int64             // bytes read from body
-	head    []byte            // the first bytes read, up to headMax
+	read    int64
+	head    []byte
 	headMax int
-	raw     *bytes.Buffer // every byte read, with keepRaw
+	raw     *bytes.Buffer
 }
 
 var resultReaders = sync.Pool{New: func() any {
@@ -264,8 +260,8 @@ func (rr *resultReader) reset(body io.Reader, headMax int, keepRaw bool) {
 	if keepRaw {
 		rr.raw = &bytes.Buffer{}
 	}
-	// Not looking for duplicate names halves the decoding's cost;
-	// requestID refuses the one that matters.
+	// Looking for duplicate names would double the decoding's cost; decode
+	// refuses the one that matters.
 	rr.dec.Reset(rr, jsontext.AllowDuplicateNames(true))
 }
 
@@ -311,6 +307,7 @@ var resultFields = func() map[string]int {
 // each unknown name case-insensitively too, at twice the cost).
 func (rr *resultReader) decode(wantID string) (*optimization, error) {
 	res, dec, sawID := &optimization{}, rr.dec, false
+	fields := reflect.ValueOf(res).Elem()
 	if tok, err := dec.ReadToken(); err != nil {
 		return nil, fmt.Errorf("not JSON: %w", err)
 	} else if tok.Kind() != '{' {
@@ -334,7 +331,7 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 		}
 		if !known {
 			err = dec.SkipValue()
-		} else if err = json.UnmarshalDecode(dec, reflect.ValueOf(res).Elem().Field(i).Addr().Interface()); errors.As(err, new(*json.SemanticError)) {
+		} else if err = json.UnmarshalDecode(dec, fields.Field(i).Addr().Interface()); errors.As(err, new(*json.SemanticError)) {
 			err = nil // another type: left zero
 		}
 		if err != nil {
