@@ -323,13 +323,15 @@ func logSummary(logger *slog.Logger) processFunc {
 		var buf [12]slog.Attr // slog.Attr values: no boxing on the hot path
 		attrs := append(buf[:0], slog.String("kind", string(d.Kind)), slog.String("svix_id", logSafe(d.MessageID)),
 			slog.String("request_id", d.RequestID), slog.String("site_name", res.SiteName))
-		if d.Kind == kindCluster {
-			attrs = append(attrs, number("asis_distance", res.AsisDistance), number("optimal_distance", res.OptimalDistance),
-				slog.Int("clusters", int(res.OptimalClusters)))
+		if res.AsisDistance != 0 || res.OptimalDistance != 0 {
+			attrs = append(attrs, number("asis_distance", res.AsisDistance), number("optimal_distance", res.OptimalDistance))
 			// Guarded so that no NaN or Inf reaches a JSON log line.
 			if saving := (res.AsisDistance - res.OptimalDistance) / res.AsisDistance * 100; res.AsisDistance > 0 && !math.IsInf(saving, 0) {
 				attrs = append(attrs, number("saving_pct", math.Round(saving*10)/10))
 			}
+		}
+		if d.Kind == kindCluster {
+			attrs = append(attrs, slog.Int("clusters", int(res.OptimalClusters)))
 		} else {
 			attrs = append(attrs, slog.Int("picks", int(res.Picks)))
 		}
