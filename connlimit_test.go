@@ -1,6 +1,8 @@
 package main
 
 import (
+	"cmp"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -267,4 +269,39 @@ func TestAKeepAliveSenderIsNotShedForAYoungConnection(t *testing.T) {
 			t.Error("the young, never-verified connection was not shed")
 		}
 	})
+}
+
+// TestReplaysDoNotRankWithTheSender: a connection that only repeats a
+// handled message (a replayed capture: genuine bytes, no work) does not
+// rank with the sender's keep-alive connection, which carried the work: a
+// newcomer sheds the repeater, never the sender. The victim is drawn at
+// random among equals, so the race is run 20 times.
+func TestReplaysDoNotRankWithTheSender(t *testing.T) {
+	for round := range 20 {
+		synctest.Test(t, func(t *testing.T) {
+			rig := newBubbleRig(t, testSecret)
+			s := startBubbleServer(t, rig.handler, 2)
+			body := requestBody(testRequestID)
+			req := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_replayed", time.Now())
+			delivery := fmt.Sprintf("POST /webhook/cluster HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nSvix-Id: %s\r\nSvix-Timestamp: %s\r\nSvix-Signature: %s\r\n\r\n%s",
+				len(body), req.Header.Get("Svix-Id"), req.Header.Get("Svix-Timestamp"), req.Header.Get("Svix-Signature"), body)
+			var sender net.Conn
+			for i, want := range []string{"fetched\n", "already handled\n"} { // the sender's, then a repeater's
+				conn := s.dial(t)
+				resp, err := send(conn, delivery)
+				if got, _ := io.ReadAll(resp.Body); err != nil || string(got) != want {
+					t.Fatalf("connection %d: %q %v, want %q", i, got, err, want)
+				}
+				sender = cmp.Or(sender, conn)
+			}
+			time.Sleep(2 * shedAfter)
+			if resp, err := send(s.dial(t), getHealthz); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("newcomer: %v %v", resp, err)
+			}
+			synctest.Wait()
+			if isClosed(sender) {
+				t.Fatalf("round %d: the sender's connection was shed, not the repeater's", round)
+			}
+		})
+	}
 }

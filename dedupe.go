@@ -15,8 +15,10 @@ const (
 	// repeats, failure included: a replayed capture of a failing message
 	// costs one API call per recentFor. Svix retries a failure 5 s later.
 	recentFor = 2 * time.Second
-	// bindFor is how long, at least, a message stays bound to its kind:
-	// a signature is valid for ±5 minutes, so no capture outlives it.
+	// bindFor is how long, at least, a message handled successfully stays
+	// bound to its kind: a signature is valid for ±5 minutes, so no capture
+	// outlives it. A failure binds nothing: a capture replayed to the wrong
+	// path must not hold up Svix's retries to the right one.
 	bindFor = 10 * time.Minute
 )
 
@@ -30,8 +32,8 @@ var (
 
 // dedupe remembers messages by svix-id, which Svix keeps across retries and
 // resends, so that each costs about one piece of work:
-//   - a message is worked on only for the kind it was first verified for,
-//     for the window and at least bindFor;
+//   - a message being worked on, or handled successfully within the window
+//     (and at least bindFor), is not worked on for the other kind;
 //   - one handled successfully within the window is not handled again;
 //   - deliveries that arrive while its work runs, or within recentFor of
 //     its end, share its outcome.
@@ -82,10 +84,10 @@ func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Co
 		select {
 		case <-e.done:
 			switch age := time.Since(d.epoch) - e.at; {
-			case e.kind != k && age < max(d.window, bindFor):
+			case e.kind != k && e.err == nil && age < max(d.window, bindFor):
 				d.mu.Unlock()
 				return true, errOtherKind
-			case age < recentFor || e.err == nil && age < d.window:
+			case e.kind == k && (age < recentFor || e.err == nil && age < d.window):
 				d.mu.Unlock()
 				return true, e.err
 			}

@@ -174,3 +174,26 @@ func TestDedupeWindowIsExact(t *testing.T) {
 		}
 	})
 }
+
+// TestAMessageIsForgottenExactlyWhenItNoLongerMatters: an entry is swept
+// when it has ended max(window, bindFor) ago, to the nanosecond, and not
+// before: a message's kind stays bound that long.
+func TestAMessageIsForgottenExactlyWhenItNoLongerMatters(t *testing.T) {
+	for _, window := range []time.Duration{0, time.Hour} {
+		synctest.Test(t, func(t *testing.T) {
+			d := newDedupe(window, 10)
+			ok := func(context.Context) error { return nil }
+			d.do(t.Context(), kindCluster, "a", ok)
+			time.Sleep(max(window, bindFor) - time.Nanosecond)
+			d.do(t.Context(), kindCluster, "b", ok) // sweeps what has expired
+			if _, err := d.do(t.Context(), kindRoute, "a", ok); d.Len() != 2 || err != errOtherKind {
+				t.Fatalf("window %v: %d remembered and %v for a's other kind, want 2 and errOtherKind a moment before", window, d.Len(), err)
+			}
+			time.Sleep(time.Nanosecond)
+			d.do(t.Context(), kindCluster, "c", ok)
+			if d.Len() != 2 { // b and c
+				t.Errorf("window %v: %d remembered, want a forgotten", window, d.Len())
+			}
+		})
+	}
+}

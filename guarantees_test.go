@@ -42,34 +42,23 @@ func TestRetriedMessageIsNotFetchedAgain(t *testing.T) {
 
 // TestAMessageIsFetchedOnlyForItsKind: the signature does not cover the
 // URL, so a captured delivery verifies on the other kind's path too (with
-// one secret, or with both endpoints' secrets configured). A message
-// verified for one kind is never fetched for the other: 409, no API call,
-// and the replays' log lines are rate-limited. Whether the first delivery
-// succeeded, failed or is still at work.
+// one secret, or with both endpoints' secrets configured). A message that
+// was handled, or is being handled, for one kind is never fetched for the
+// other: 409, no API call, and the replays' log lines are rate-limited.
 func TestAMessageIsFetchedOnlyForItsKind(t *testing.T) {
-	for _, first := range []string{"succeeded", "failed", "at work"} {
+	for _, first := range []string{"succeeded", "at work"} {
 		t.Run(first, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				rig := newBubbleRig(t, testSecret, secondSecret)
 				release := make(chan struct{})
 				rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
-					switch first {
-					case "failed":
-						http.Error(w, `{"message":"Internal server error"}`, http.StatusInternalServerError)
-						return
-					case "at work":
+					if first == "at work" {
 						<-release
 					}
 					writeClusterResult(w, testRequestID)
 				}
 				body := requestBody(testRequestID)
-				firstDone := make(chan int, 1)
-				go func() {
-					firstDone <- rig.deliver(signedDeliveryAt(t, secondSecret, "/webhook/cluster", body, "msg_captured", time.Now())).Code
-				}()
-				if first != "at work" {
-					<-firstDone
-				}
+				go rig.deliver(signedDeliveryAt(t, secondSecret, "/webhook/cluster", body, "msg_captured", time.Now()))
 				synctest.Wait()
 				calls := len(rig.api.recorded())
 				for i := range 100 {
@@ -77,23 +66,80 @@ func TestAMessageIsFetchedOnlyForItsKind(t *testing.T) {
 					if resp.Code != http.StatusConflict {
 						t.Fatalf("replay %d to /webhook/route: %d %q, want 409", i, resp.Code, resp.Body)
 					}
-					time.Sleep(100 * time.Millisecond)
-				}
-				if got := len(rig.api.recorded()); got != calls {
-					t.Errorf("100 replays to the other kind made %d API calls, want none", got-calls)
-				}
-				for _, call := range rig.api.recorded() {
-					if strings.Contains(call.Path, "/route/") {
-						t.Errorf("fetched as a route: %v", call)
+					if first == "succeeded" {
+						time.Sleep(100 * time.Millisecond)
 					}
 				}
+				if got := len(rig.api.recorded()); got != calls || calls != 1 {
+					t.Errorf("100 replays to the other kind made %d API calls (%d before), want none", got-calls, calls)
+				}
 				if n := strings.Count(rig.logs.String(), "rejected delivery of a message verified for the other kind"); n > rejectLogBurst {
-					t.Errorf("%d log lines for 100 replays in 10 s, want at most %d", n, rejectLogBurst)
+					t.Errorf("%d log lines for 100 replays, want at most %d", n, rejectLogBurst)
 				}
 				close(release)
 			})
 		})
 	}
+}
+
+// TestAFailedMessageBindsNoKind: a capture of a failing delivery, replayed
+// to the other kind's path (for example after a restart, when nothing is
+// remembered), must not hold up Svix's retries of the message to its own
+// path. The replays cost at most one fetch per recentFor.
+func TestAFailedMessageBindsNoKind(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		var apiDown atomic.Bool
+		apiDown.Store(true)
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case strings.Contains(r.URL.Path, "/route/"):
+				http.NotFound(w, r)
+			case apiDown.Load():
+				http.Error(w, `{"message":"Internal server error"}`, http.StatusInternalServerError)
+			default:
+				writeClusterResult(w, testRequestID)
+			}
+		}
+		body := requestBody(testRequestID)
+		if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_failing", time.Now())); resp.Code != http.StatusBadGateway {
+			t.Fatalf("first delivery: %d, want 502", resp.Code)
+		}
+		before := len(rig.api.recorded())
+		for range 100 { // 10 s of replays to the other path
+			if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_failing", time.Now())); resp.Code < 500 {
+				t.Fatalf("replay to /webhook/route: %d, want a 5xx", resp.Code)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if calls := len(rig.api.recorded()) - before; calls > int(10*time.Second/recentFor)+1 {
+			t.Errorf("100 replays in 10 s made %d API calls, want at most one per %v", calls, recentFor)
+		}
+		apiDown.Store(false)
+		time.Sleep(5 * time.Second) // Svix's retry of the genuine delivery
+		if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_failing", time.Now())); resp.Code != http.StatusOK {
+			t.Fatalf("Svix's retry to /webhook/cluster: %d %q, want 200: the replays held it up", resp.Code, resp.Body)
+		}
+	})
+}
+
+// TestRepeatsOfAHandledMessageCannotFloodTheLogs: a replayed capture of a
+// handled message is answered "already handled" at once, and those lines
+// are rate-limited like rejections.
+func TestRepeatsOfAHandledMessageCannotFloodTheLogs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		body := requestBody(testRequestID)
+		for i := range 1000 {
+			resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_replayed", time.Now()))
+			if want := map[bool]string{true: "fetched\n", false: "already handled\n"}[i == 0]; resp.Code != http.StatusOK || resp.Body.String() != want {
+				t.Fatalf("delivery %d: %d %q, want 200 %q", i, resp.Code, resp.Body, want)
+			}
+		}
+		if n := strings.Count(rig.logs.String(), "already handled"); n != rejectLogBurst {
+			t.Errorf("%d \"already handled\" lines for 999 repeats, want %d", n, rejectLogBurst)
+		}
+	})
 }
 
 // TestFailedDeliveryIsProcessedAgainOnRetry: a failure is not remembered
@@ -194,8 +240,8 @@ func TestDedupeWindowAndCapacity(t *testing.T) {
 		for _, id := range []string{"b", "c", "d"} { // capacity 3: a, the oldest, goes
 			work(id)
 		}
-		if d.Len() > 3 {
-			t.Fatalf("remembers %d, capacity is 3", d.Len())
+		if d.Len() != 3 {
+			t.Fatalf("remembers %d, want the capacity, 3", d.Len())
 		}
 		if work("a") {
 			t.Error("a was remembered past capacity")

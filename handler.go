@@ -138,12 +138,13 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 			http.Error(w, rej.answer, rej.status)
 			return
 		}
-		// Genuine: the connection limiter must not shed this connection.
-		if protect, ok := r.Context().Value(verifiedHookKey{}).(func()); ok {
-			protect()
-		}
-
 		shared, err := s.seen.do(ctx, d.Kind, d.MessageID, func(ctx context.Context) error {
+			// This connection carries a message's work: the connection
+			// limiter must not shed it. Repeats (a replayed capture) get no
+			// such protection.
+			if protect, ok := r.Context().Value(verifiedHookKey{}).(func()); ok {
+				protect()
+			}
 			result, err := s.fetch(ctx, d.Kind, d.RequestID)
 			if err == nil {
 				if err = s.process(ctx, d, result); err != nil {
@@ -174,9 +175,9 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 				s.logger.Error("delivery not handled; Svix will retry", attrs...)
 			}
 			http.Error(w, "not handled yet; retry later", statusFor(err))
-		default:
+		default: // rate-limited too: a replayed capture lands here
 			o = outcomeDuplicate
-			s.logger.Info("delivery already handled; not fetching again", attrs...)
+			rejected.log(slog.LevelInfo, "delivery already handled; not fetching again", attrs...)
 			io.WriteString(w, "already handled\n")
 		}
 	})
@@ -357,7 +358,7 @@ func number(key string, f float64) slog.Attr {
 	return slog.Float64(key, f)
 }
 
-// rejectLog bounds the log lines that clients can cause: the first
+// rejectLog bounds the log lines that clients (or replays) can cause: the first
 // rejectLogBurst of every rejectLogInterval are written, the rest counted,
 // and the count written when the interval ends.
 type rejectLog struct {
@@ -367,21 +368,23 @@ type rejectLog struct {
 	written, notWritten int
 }
 
-func (l *rejectLog) warn(msg string, args ...any) {
+func (l *rejectLog) warn(msg string, args ...any) { l.log(slog.LevelWarn, msg, args...) }
+
+func (l *rejectLog) log(level slog.Level, msg string, args ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now := time.Now(); !now.Before(l.windowEnd) {
 		l.windowEnd, l.written = now.Add(rejectLogInterval), 0
 	}
 	if l.written++; l.written <= rejectLogBurst {
-		l.logger.Warn(msg, args...)
+		l.logger.Log(context.Background(), level, msg, args...)
 	} else if l.notWritten++; l.notWritten == 1 {
 		time.AfterFunc(time.Until(l.windowEnd), func() {
 			l.mu.Lock()
 			n := l.notWritten
 			l.notWritten = 0
 			l.mu.Unlock()
-			l.logger.Warn("rejected deliveries not logged, over the log rate limit", "count", n,
+			l.logger.Warn("rejected or repeated deliveries not logged, over the log rate limit", "count", n,
 				"limit", fmt.Sprintf("%d per %v", rejectLogBurst, rejectLogInterval))
 		})
 	}

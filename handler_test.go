@@ -576,6 +576,11 @@ func TestSummaryLineValues(t *testing.T) {
 			if line["clusters"] != 1.0 || line["site_name"] != "S" {
 				t.Errorf("summary line %v", line)
 			}
+			// Distances are logged when the result has any, as sent.
+			_, hasAsis := line["asis_distance"]
+			if wantDistances := tc.asis != "0" || tc.optimal != "0"; hasAsis != wantDistances || wantDistances && line["optimal_distance"] == nil {
+				t.Errorf("distances logged: %v, want %v\n%v", hasAsis, wantDistances, line)
+			}
 		})
 	}
 }

@@ -256,7 +256,7 @@ func TestRejectionsCannotFloodTheLogs(t *testing.T) {
 		time.Sleep(rejectLogInterval)
 		synctest.Wait()
 		logs := rig.logs.String()
-		if !strings.Contains(logs, `msg="rejected deliveries not logged, over the log rate limit" count=980`) {
+		if !strings.Contains(logs, `msg="rejected or repeated deliveries not logged, over the log rate limit" count=980`) {
 			t.Fatalf("no count of the suppressed lines:\n%s", logs[max(0, len(logs)-500):])
 		}
 		// A new interval logs again.

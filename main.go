@@ -33,11 +33,12 @@ const (
 	// drainTimeout is how long a shutdown waits for in-flight deliveries:
 	// longer than deliveryDeadline, so that each gets its answer.
 	drainTimeout = deliveryDeadline + 5*time.Second
-	// Connections served at once (connLimitListener) on the webhook port,
-	// and on the metrics port, which a scraper or two use.
-	maxConnections, maxMetricsConnections = 256, 16
-	dedupeCapacity                        = 100_000 // messages remembered
-	defaultAPIURL                         = "https://optipick.api.optioryx.com"
+	// Connections served at once (connLimitListener) on each port: a
+	// newcomer sheds one once it is shedAfter old, so this also sets how
+	// fast a flood of them is turned over (2,560 a second).
+	maxConnections = 256
+	dedupeCapacity = 100_000 // messages remembered
+	defaultAPIURL  = "https://optipick.api.optioryx.com"
 )
 
 func main() {
@@ -154,7 +155,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if metrics != nil {
-		metricsAddr, err := serve(metrics.handler(), "METRICS_ADDR", cfg.metricsAddr, maxMetricsConnections)
+		metricsAddr, err := serve(metrics.handler(), "METRICS_ADDR", cfg.metricsAddr, maxConnections)
 		if err != nil {
 			closeAll()
 			return err

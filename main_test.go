@@ -142,7 +142,7 @@ func TestPlainHTTPToAnotherHostIsWarnedAbout(t *testing.T) {
 }
 
 // TestTheMetricsPortHasAConnectionCap: connections to METRICS_ADDR are
-// capped like the webhook port's: past maxMetricsConnections, silent ones
+// capped like the webhook port's: past maxConnections, silent ones
 // are shed for newcomers, and a scrape still gets through.
 func TestTheMetricsPortHasAConnectionCap(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -161,7 +161,7 @@ func TestTheMetricsPortHasAConnectionCap(t *testing.T) {
 
 	const extra = 8
 	var silent []net.Conn
-	for range maxMetricsConnections + extra {
+	for range maxConnections + extra {
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
@@ -186,7 +186,7 @@ func TestTheMetricsPortHasAConnectionCap(t *testing.T) {
 	// The extra ones, and one more for the scrape (its idle keep-alive
 	// connection is not counted: it is the client's, not in silent).
 	if want := extra + 1; closed < want {
-		t.Errorf("%d of %d silent connections were shed, want at least %d: the cap is %d", closed, len(silent), want, maxMetricsConnections)
+		t.Errorf("%d of %d silent connections were shed, want at least %d: the cap is %d", closed, len(silent), want, maxConnections)
 	}
 	for _, conn := range silent {
 		conn.Close()
