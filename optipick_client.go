@@ -331,8 +331,8 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 		}
 		if !known {
 			err = dec.SkipValue()
-		} else if err = json.UnmarshalDecode(dec, fields.Field(i).Addr().Interface()); errors.As(err, new(*json.SemanticError)) {
-			err = nil // another type: left zero
+		} else {
+			err = readField(dec, fields.Field(i).Addr().Interface())
 		}
 		if err != nil {
 			return nil, withoutPointer(err)
@@ -352,6 +352,38 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 		return nil, fmt.Errorf("request_id is %s, not %s", id, wantID)
 	}
 	return res, nil
+}
+
+// readField reads a value into field, a pointer: a value of another type
+// leaves it zero. Strings, numbers and the UnmarshalerFrom types are read
+// directly; json.UnmarshalDecode, through reflection, costs more.
+func readField(dec *jsontext.Decoder, field any) error {
+	switch p := field.(type) {
+	case json.UnmarshalerFrom:
+		return p.UnmarshalJSONFrom(dec)
+	case *string, *float64:
+		if k := dec.PeekKind(); k == '{' || k == '[' {
+			return dec.SkipValue()
+		}
+		tok, err := dec.ReadToken()
+		switch v := p.(type) {
+		case *string:
+			if tok.Kind() == '"' {
+				*v = tok.String()
+			}
+		case *float64:
+			if tok.Kind() == '0' {
+				if f, rangeErr := tok.Float(); rangeErr == nil { // out of range: left zero
+					*v = f
+				}
+			}
+		}
+		return err
+	}
+	if err := json.UnmarshalDecode(dec, field); !errors.As(err, new(*json.SemanticError)) {
+		return err
+	}
+	return nil
 }
 
 // withoutPointer drops a syntax error's JSON pointer: it is made of the

@@ -216,6 +216,7 @@ func TestResultDecodingIsLenient(t *testing.T) {
 	}{
 		{"zone-less timestamp and unknown fields", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","timestamp":"2024-12-04T16:52:49.303000","new_field":{"x":1},"optimal_clusters":[{},{},{}]}`, false, "Example", "", 3},
 		{"a field of another type", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
+		{"fields of other types, and a number out of range", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":{"x":["y"]},"asis_distance":1e999,"optimal_distance":[1],"error":null,"picks":{},"optimal_clusters":[{}]}`, false, "", "", 1},
 		{"error as a string", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
 		{"error as an object", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":{"code":7}}`, false, "S", "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)", 0},
 		{"error as an array", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":["x"]}`, false, "S", "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)", 0},
