@@ -107,7 +107,9 @@ func (l *connLimitListener) setSheddable(c *limitedConn, sheddable bool) {
 
 // shedOne closes a sheddable connection accepted shedAfter ago or more,
 // drawn at random: one that carried a verified delivery only when no other
-// is open, however young. It reports whether it closed one.
+// is open, however young. It reports whether it closed one. A victim that
+// starts a message's work between the draw and the close is cut: Svix
+// retries, and finds the work done.
 func (l *connLimitListener) shedOne() bool {
 	l.mu.Lock()
 	var never, carried []*limitedConn

@@ -36,7 +36,7 @@ var (
 //     (and at least bindFor), is not worked on for the other kind;
 //   - one handled successfully within the window is not handled again;
 //   - deliveries that arrive while its work runs, or within recentFor of
-//     its end, share its outcome.
+//     its end (a failure's, for either kind), share its outcome.
 //
 // Memory is bounded: past capacity the oldest are forgotten. Each replica
 // remembers on its own.
@@ -87,7 +87,7 @@ func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Co
 			case e.kind != k && e.err == nil && age < max(d.window, bindFor):
 				d.mu.Unlock()
 				return true, errOtherKind
-			case e.kind == k && (age < recentFor || e.err == nil && age < d.window):
+			case age < recentFor || e.kind == k && e.err == nil && age < d.window: // a failure, of either kind
 				d.mu.Unlock()
 				return true, e.err
 			}
@@ -120,8 +120,9 @@ func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Co
 		e.err, e.at = err, time.Since(d.epoch)
 		d.ended = append(d.ended, e)
 		// Forget what ended too long ago to matter, and the oldest while
-		// over capacity; a message worked on again has a newer entry.
-		for len(d.ended) > 0 && (len(d.entries) > d.capacity || e.at-d.ended[0].at >= max(d.window, bindFor)) {
+		// over capacity; a message worked on again has a newer entry, and
+		// the older one counts towards capacity until it is swept.
+		for len(d.ended) > 0 && (len(d.ended) > d.capacity || e.at-d.ended[0].at >= max(d.window, bindFor)) {
 			if old := d.ended[0]; d.entries[old.key] == old {
 				delete(d.entries, old.key)
 			}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"testing"
@@ -196,4 +197,21 @@ func TestAMessageIsForgottenExactlyWhenItNoLongerMatters(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReplacedEntriesCountTowardsCapacity: work that runs again for a
+// message (after a failure, for either kind) replaces its entry; the old
+// one still counts until it is swept, so the memory stays within capacity.
+func TestReplacedEntriesCountTowardsCapacity(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := newDedupe(time.Hour, 10)
+		fail := func(context.Context) error { return errors.New("API down") }
+		for i := range 1000 {
+			d.do(t.Context(), []kind{kindCluster, kindRoute}[i%2], "msg", fail)
+			time.Sleep(recentFor)
+		}
+		if len(d.ended) > 10 || d.Len() != 1 {
+			t.Errorf("%d entries held, %d remembered: want at most the capacity, 10, and 1", len(d.ended), d.Len())
+		}
+	})
 }

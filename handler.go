@@ -116,7 +116,7 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 		// its deadline, not when this sender goes away.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), deliveryDeadline)
 		defer cancel()
-		o := outcomeProcessFailed // if the processFunc panics
+		o := outcomeProcessFailed // if something panics before the outcome is known
 		if s.rec != nil {
 			ended := s.rec.started(k)
 			defer func() { ended(o) }()
@@ -129,9 +129,10 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 			attrs := []any{"kind", k, "svix_id", logSafe(id), "status", rej.status, "reason", rej.reason}
 			if rej.outcome == outcomeBadRequest {
 				// Genuine but unusable: retrying cannot fix it. An error: if
-				// OptiPick changed its body, every event would end here.
+				// OptiPick changed its body, every event would end here. Rate-
+				// limited too: a capture of one can be replayed.
 				w.Header().Set("webhook-delivery", "abort-message")
-				s.logger.Error("rejected signed delivery; asked Svix not to retry", attrs...)
+				rejected.log(slog.LevelError, "rejected signed delivery; asked Svix not to retry", attrs...)
 			} else {
 				rejected.warn("rejected delivery", attrs...)
 			}

@@ -423,3 +423,21 @@ func TestURLCredentialsNeverReachTheLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestReplaysOfAnUnusableBodyCannotFloodTheLogs: a genuine delivery whose
+// body has no valid request_id is logged at ERROR (OptiPick may have
+// changed its body), but its replays are rate-limited like rejections.
+func TestReplaysOfAnUnusableBodyCannotFloodTheLogs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		for range 100 {
+			resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", []byte(`{"id":1}`), "msg_unusable", time.Now()))
+			if resp.Code != http.StatusBadRequest || resp.Header().Get("webhook-delivery") != "abort-message" {
+				t.Fatalf("status %d, want 400 with abort-message", resp.Code)
+			}
+		}
+		if n := strings.Count(rig.logs.String(), "level=ERROR"); n != rejectLogBurst {
+			t.Errorf("%d ERROR lines for 100 replays, want %d", n, rejectLogBurst)
+		}
+	})
+}

@@ -159,7 +159,9 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 			res.SiteName = excerpt(c.redact(res.SiteName), maxSiteNameBytes)
 			res.Error = failure(excerpt(c.redact(string(res.Error)), maxErrorBytes))
 			if res.Raw != nil {
-				res.Raw = []byte(c.redact(string(res.Raw)))
+				if c.apiKey != "" && bytes.Contains(res.Raw, []byte(c.apiKey)) { // copies only then
+					res.Raw = bytes.ReplaceAll(res.Raw, []byte(c.apiKey), []byte("[API key]"))
+				}
 			}
 			return res, nil
 		}
@@ -292,9 +294,9 @@ var (
 
 // resultFields are optimization's fields by their tags' names.
 var resultFields = func() map[string]int {
-	fields := map[string]int{}
-	for i, f := range reflect.VisibleFields(reflect.TypeFor[optimization]()) {
-		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+	fields, t := map[string]int{}, reflect.TypeFor[optimization]()
+	for i := range t.NumField() { // its own fields: not those of an embedded struct
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); t.Field(i).IsExported() && name != "" && name != "-" {
 			fields[name] = i
 		}
 	}
