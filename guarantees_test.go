@@ -648,3 +648,42 @@ func TestASenderThatGoesAwayDoesNotCancelTheWork(t *testing.T) {
 		}
 	})
 }
+
+// TestAWaitingDuplicateLeavesWhenItsSenderDoes: a duplicate waiting for a
+// message's work holds nothing once its sender goes away (a replayed
+// capture's connection, shed): its handler returns at once, while the work
+// goes on and is answered to its own sender.
+func TestAWaitingDuplicateLeavesWhenItsSenderDoes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		release := make(chan struct{})
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			<-release
+			writeClusterResult(w, testRequestID)
+		}
+		body := requestBody(testRequestID)
+		first := make(chan int, 1)
+		go func() {
+			first <- rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_slow", time.Now())).Code
+		}()
+		synctest.Wait()
+		ctx, goAway := context.WithCancel(t.Context())
+		waiter := make(chan struct{})
+		go func() {
+			rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_slow", time.Now()).WithContext(ctx))
+			close(waiter)
+		}()
+		synctest.Wait()
+		goAway()
+		synctest.Wait()
+		select {
+		case <-waiter:
+		default:
+			t.Fatal("the duplicate's handler still waits after its sender went away")
+		}
+		close(release)
+		if code := <-first; code != http.StatusOK {
+			t.Errorf("the first delivery: %d, want 200", code)
+		}
+	})
+}

@@ -112,9 +112,10 @@ func newServer(s services) http.Handler {
 // answers 200 only when that work is done.
 func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The work is shared with the message's duplicates, so it ends at
-		// its deadline, not when this sender goes away.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), deliveryDeadline)
+		// A duplicate waiting for the message's work leaves when its sender
+		// goes away (a shed replay holds nothing); the work itself is shared,
+		// so it ends at its deadline, not when its sender goes away.
+		ctx, cancel := context.WithTimeout(r.Context(), deliveryDeadline)
 		defer cancel()
 		o := outcomeProcessFailed // if something panics before the outcome is known
 		if s.rec != nil {
@@ -139,7 +140,9 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 			http.Error(w, rej.answer, rej.status)
 			return
 		}
-		shared, err := s.seen.do(ctx, d.Kind, d.MessageID, func(ctx context.Context) error {
+		shared, err := s.seen.do(ctx, d.Kind, d.MessageID, func(context.Context) error {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), deliveryDeadline)
+			defer cancel()
 			// This connection carries a message's work: the connection
 			// limiter must not shed it. Repeats (a replayed capture) get no
 			// such protection.
