@@ -23,8 +23,9 @@ const (
 )
 
 var (
-	// errOtherKind: the message was verified for the other kind (a capture
-	// replayed to the other kind's path); it is not fetched for this one.
+	// errOtherKind: the message was handled, or is being handled, for the
+	// other kind (a capture replayed to the other kind's path); it is not
+	// fetched for this one.
 	errOtherKind = errors.New("this message was delivered for the other kind")
 	// errWorkDidNotReturn: the work panicked or called runtime.Goexit.
 	errWorkDidNotReturn = errors.New("handling the delivery did not return")
@@ -71,12 +72,14 @@ func newDedupe(window time.Duration, capacity int) *dedupe {
 
 // do runs work(ctx) for message id of kind k, unless the message is
 // remembered: then it refuses another kind with errOtherKind, or shares the
-// outcome of the work that ran, or waits for the work that runs (until its
-// own ctx ends). shared reports that this call did not run work itself.
+// outcome of the work that ran, or waits for the work that runs (until ctx
+// ends: a waiter may leave when its sender goes away). shared reports that
+// this call did not run work itself.
 //
-// work runs on the caller's goroutine, under its ctx, while others may
-// wait for it: ctx should end at a deadline, not when the caller goes
-// away. A panic in work, or a runtime.Goexit, is an error for every caller.
+// work runs on the caller's goroutine, and others may wait for it: work
+// that should not end when its caller goes away must not use a context
+// that does (the handler gives it one of its own). A panic in work, or a
+// runtime.Goexit, is an error for every caller.
 func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Context) error) (shared bool, err error) {
 	key := [2]uint64{maphash.String(d.seeds[0], id), maphash.String(d.seeds[1], id)}
 	d.mu.Lock()

@@ -141,6 +141,7 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 			return
 		}
 		shared, err := s.seen.do(ctx, d.Kind, d.MessageID, func(context.Context) error {
+			// Detached from the sender, with a deadline of its own.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), deliveryDeadline)
 			defer cancel()
 			// This connection carries a message's work: the connection

@@ -158,10 +158,8 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 			// Redacted before they are cut, so that no cut hides part of a key.
 			res.SiteName = excerpt(c.redact(res.SiteName), maxSiteNameBytes)
 			res.Error = failure(excerpt(c.redact(string(res.Error)), maxErrorBytes))
-			if res.Raw != nil {
-				if c.apiKey != "" && bytes.Contains(res.Raw, []byte(c.apiKey)) { // copies only then
-					res.Raw = bytes.ReplaceAll(res.Raw, []byte(c.apiKey), []byte("[API key]"))
-				}
+			if c.apiKey != "" && bytes.Contains(res.Raw, []byte(c.apiKey)) { // copies only then
+				res.Raw = bytes.ReplaceAll(res.Raw, []byte(c.apiKey), []byte("[API key]"))
 			}
 			return res, nil
 		}
