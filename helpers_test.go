@@ -228,23 +228,80 @@ func writeRouteResult(w http.ResponseWriter, id string) {
 "extra":{}}`, id)
 }
 
-// handlerTransport serves HTTP requests with a handler, in memory. Like a
-// real transport, it gives up when the request's context ends.
+// handlerTransport serves HTTP requests with a handler, in memory, as a
+// real transport over a network would: the answer comes once the handler
+// writes its header (or returns), its body streams as the handler writes
+// it, and the call gives up when the request's context ends, before the
+// answer (an answer the handler made after that is not delivered) or
+// while its body is read.
 type handlerTransport struct{ handler http.Handler }
 
 func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	answered := make(chan *http.Response, 1)
+	ctx := req.Context()
+	body, bodyWriter := io.Pipe()
+	w := &streamingResponse{header: http.Header{}, body: bodyWriter, answered: make(chan struct{})}
 	go func() {
-		resp := httptest.NewRecorder()
-		t.handler.ServeHTTP(resp, req)
-		answered <- resp.Result()
+		t.handler.ServeHTTP(w, req)
+		w.WriteHeader(http.StatusOK) // if it wrote nothing
+		bodyWriter.CloseWithError(ctx.Err()) // nil: the body ends
 	}()
 	select {
-	case resp := <-answered:
-		return resp, nil
-	case <-req.Context().Done():
-		return nil, req.Context().Err()
+	case <-w.answered:
+	case <-ctx.Done():
 	}
+	if err := ctx.Err(); err != nil {
+		body.CloseWithError(err)
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { bodyWriter.CloseWithError(ctx.Err()) })
+	return &http.Response{
+		Status:        fmt.Sprintf("%d %s", w.status, http.StatusText(w.status)),
+		StatusCode:    w.status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        w.header,
+		Body:          stopOnClose{ReadCloser: body, stop: stop},
+		ContentLength: -1,
+		Request:       req,
+	}, nil
+}
+
+// streamingResponse is the http.ResponseWriter of handlerTransport.
+type streamingResponse struct {
+	header   http.Header
+	status   int
+	body     *io.PipeWriter
+	answered chan struct{} // closed once status and header are set
+}
+
+func (w *streamingResponse) Header() http.Header { return w.header }
+
+func (w *streamingResponse) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+		w.header = w.header.Clone() // what the handler sets later is not sent
+		close(w.answered)
+	}
+}
+
+func (w *streamingResponse) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.body.Write(p)
+}
+
+// Flush sends the header: what is written is sent at once anyway.
+func (w *streamingResponse) Flush() { w.WriteHeader(http.StatusOK) }
+
+// stopOnClose calls stop when the body is closed.
+type stopOnClose struct {
+	io.ReadCloser
+	stop func() bool
+}
+
+func (b stopOnClose) Close() error {
+	b.stop()
+	return b.ReadCloser.Close()
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
@@ -396,6 +453,8 @@ type bubbleServer struct {
 	// Connections the server serves and has not closed (by itself or by
 	// shedding), now and at most.
 	open, peak atomic.Int32
+	// Connections whose goroutine in the server has not ended.
+	serving sync.WaitGroup
 }
 
 func startBubbleServer(t *testing.T, handler http.Handler, maxConns int) *bubbleServer {
@@ -404,16 +463,25 @@ func startBubbleServer(t *testing.T, handler http.Handler, maxConns int) *bubble
 	listener := newConnLimitListener(s, maxConns)
 	s.srv = newHTTPServer(handler, slog.New(slog.DiscardHandler))
 	s.srv.ConnState = func(c net.Conn, state http.ConnState) {
-		if state == http.StateNew {
+		switch state {
+		case http.StateNew:
+			s.serving.Add(1)
 			n := s.open.Add(1)
 			for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
 			}
+		case http.StateClosed, http.StateHijacked:
+			s.serving.Done()
 		}
 		listener.trackState(c, state)
 	}
 	s.srv.ConnContext = listener.connContext
 	go s.srv.Serve(listener)
-	t.Cleanup(func() { s.srv.Close() })
+	// The bubble ends only when every goroutine has: wait for the server's
+	// (a connection that refused a request lingers before it closes).
+	t.Cleanup(func() {
+		s.srv.Close()
+		s.serving.Wait()
+	})
 	return s
 }
 
@@ -507,7 +575,11 @@ func decodeResult(r io.Reader, wantID string) (*optimization, error) {
 	rr := resultReaders.Get().(*resultReader)
 	defer resultReaders.Put(rr)
 	rr.reset(r, 0, false)
-	return rr.decode(wantID)
+	res, err := rr.decode()
+	if err == nil {
+		err = (&optiPickClient{}).checkRequestID(res.RequestID, wantID)
+	}
+	return res, err
 }
 
 // newLogger is the service's logger, as run makes it.

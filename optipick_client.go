@@ -31,6 +31,9 @@ const (
 	maxAttempts, firstBackoff, maxBackoff = 5, 200 * time.Millisecond, 2 * time.Second
 	// A hung call is given up early enough to leave time for another.
 	responseHeaderTimeout = 5 * time.Second
+	// OptiPick answers with a few hundred bytes of headers; Go's default
+	// allows 10 MiB, times every fetch in flight.
+	maxResponseHeaderBytes = 64 << 10
 	// Results (thousands of picks are a few MiB) are streamed, read up to
 	// maxResultBytes decompressed. The decoder holds a whole token (a
 	// string, a number, white space): maxTokenBytes bounds its memory.
@@ -122,14 +125,15 @@ type optiPickClient struct {
 func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport http.RoundTripper) *optiPickClient {
 	if transport == nil {
 		transport = &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			ForceAttemptHTTP2:     true,
-			TLSHandshakeTimeout:   3 * time.Second,
-			ResponseHeaderTimeout: responseHeaderTimeout,
-			MaxConnsPerHost:       maxConcurrentFetches,
-			MaxIdleConnsPerHost:   maxConcurrentFetches,
-			IdleConnTimeout:       90 * time.Second,
+			Proxy:                  http.ProxyFromEnvironment,
+			DialContext:            (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			ForceAttemptHTTP2:      true,
+			TLSHandshakeTimeout:    3 * time.Second,
+			ResponseHeaderTimeout:  responseHeaderTimeout,
+			MaxResponseHeaderBytes: maxResponseHeaderBytes,
+			MaxConnsPerHost:        maxConcurrentFetches,
+			MaxIdleConnsPerHost:    maxConcurrentFetches,
+			IdleConnTimeout:        90 * time.Second,
 		}
 	}
 	optimize := baseURL.JoinPath("optimize")
@@ -222,14 +226,17 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	defer resultReaders.Put(rr)
 	rr.reset(resp.Body, headMax, c.keepRaw)
 	defer rr.reset(nil, 0, false) // holds neither the body nor the result
-	res, err := rr.decode(requestID)
+	res, err := rr.decode()
+	if err == nil {
+		err = c.checkRequestID(res.RequestID, requestID)
+	}
 	switch {
 	case rr.read > maxResultBytes:
 		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", shown, maxResultBytes)
 	case err != nil:
 		io.CopyN(io.Discard, rr, int64(headMax-len(rr.head))) // the excerpt shows the body's start
-		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %s (body starts: %s)",
-			shown, c.redact(err.Error()), excerpt(c.redact(string(rr.head)), maxExcerptBytes))
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)",
+			shown, err, excerpt(c.redact(string(rr.head)), maxExcerptBytes))
 	case rr.raw != nil:
 		res.Raw = rr.raw.Bytes()
 	}
@@ -301,11 +308,11 @@ var resultFields = func() map[string]int {
 	return fields
 }()
 
-// decode reads one result, refusing what is not this result: not a JSON
-// object, trailing data, a request_id missing, given twice, or not wantID.
-// It reads the object's members one by one (json.Unmarshal would match
-// each unknown name case-insensitively too, at twice the cost).
-func (rr *resultReader) decode(wantID string) (*optimization, error) {
+// decode reads one result, refusing what cannot be one: not a JSON object,
+// trailing data, a request_id given twice. Its errors hold no text from the
+// result. It reads the object's members one by one (json.Unmarshal would
+// match each unknown name case-insensitively too, at twice the cost).
+func (rr *resultReader) decode() (*optimization, error) {
 	res, dec, sawID := &optimization{}, rr.dec, false
 	fields := reflect.ValueOf(res).Elem()
 	if tok, err := dec.ReadToken(); err != nil {
@@ -343,15 +350,20 @@ func (rr *resultReader) decode(wantID string) (*optimization, error) {
 	} else if _, err := dec.ReadToken(); err != io.EOF {
 		return nil, errors.New("data after the JSON object")
 	}
-	switch id := res.RequestID; {
-	case id == "":
-		return nil, errors.New("no request_id")
-	case id != wantID && !validRequestID(id): // not shown: an API may echo the key there
-		return nil, fmt.Errorf("request_id is not %s, nor an id (%d bytes)", wantID, len(id))
-	case id != wantID:
-		return nil, fmt.Errorf("request_id is %s, not %s", id, wantID)
-	}
 	return res, nil
+}
+
+// checkRequestID refuses a result that does not answer wantID.
+func (c *optiPickClient) checkRequestID(id, wantID string) error {
+	switch {
+	case id == "":
+		return errors.New("no request_id")
+	case id != wantID && !validRequestID(id): // not shown: an API may echo the key there
+		return fmt.Errorf("request_id is not %s, nor an id (%d bytes)", wantID, len(id))
+	case id != wantID:
+		return fmt.Errorf("request_id is %s, not %s", c.redact(id), wantID)
+	}
+	return nil
 }
 
 // readField reads a value into field, a pointer: a value of another type

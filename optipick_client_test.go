@@ -528,3 +528,46 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.n += n
 	return n, err
 }
+
+// TestHugeResponseHeadersAreAFailedFetch: an API (or a proxy in front of
+// it) that answers with megabytes of headers is refused once it has sent
+// maxResponseHeaderBytes, instead of being held, times every fetch in
+// flight; the error says why.
+func TestHugeResponseHeadersAreAFailedFetch(t *testing.T) {
+	junk := strings.Repeat("a", 64<<10)
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := range 64 {
+			w.Header()[fmt.Sprintf("X-Junk-%d", i)] = []string{junk}
+		}
+		writeClusterResult(w, testRequestID)
+	}))
+	defer api.Close()
+	base, _ := url.Parse(api.URL)
+	client := newOptiPickClient(base, testAPIKey, false, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second) // no time for a retry
+	defer cancel()
+	var err error
+	allocated := bytesAllocated(func() { _, err = client.fetch(ctx, kindCluster, testRequestID) })
+	if err == nil || !strings.Contains(err.Error(), "headers exceeded") {
+		t.Fatalf("fetch with 4 MiB of response headers: %v, want an error about their size", err)
+	}
+	if allocated > 1<<20 {
+		t.Errorf("a fetch with 4 MiB of response headers allocated %d bytes", allocated)
+	}
+}
+
+// TestAStalledResultBodyIs504: a 200 whose body stalls until the deadline
+// is a deadline that passed: 504, as for an API that does not answer.
+func TestAStalledResultBodyIs504(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"request_id":"`+testRequestID+`","picks":[`)
+			<-r.Context().Done()
+		}
+		resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+		if resp.Code != http.StatusGatewayTimeout {
+			t.Errorf("a result body that stalls past the deadline: %d %q, want 504\n%s", resp.Code, resp.Body, rig.logs)
+		}
+	})
+}
