@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -23,9 +22,8 @@ const (
 )
 
 var (
-	// errOtherKind: the message was handled, or is being handled, for the
-	// other kind (a capture replayed to the other kind's path); it is not
-	// fetched for this one.
+	// errOtherKind: the message was handled for the other kind (a capture
+	// replayed to the other kind's path); it is not fetched for this one.
 	errOtherKind = errors.New("this message was delivered for the other kind")
 	// errWorkDidNotReturn: the work panicked or called runtime.Goexit.
 	errWorkDidNotReturn = errors.New("handling the delivery did not return")
@@ -33,11 +31,14 @@ var (
 
 // dedupe remembers messages by svix-id, which Svix keeps across retries and
 // resends, so that each costs about one piece of work:
-//   - a message being worked on, or handled successfully within the window
-//     (and at least bindFor), is not worked on for the other kind;
+//   - a message being worked on for one kind is waited for by deliveries
+//     for the other kind; one handled successfully for one kind within the
+//     window (and at least bindFor) is not worked on for the other;
 //   - one handled successfully within the window is not handled again;
 //   - deliveries that arrive while its work runs, or within recentFor of
-//     its end (a failure's, for either kind), share its outcome.
+//     its end, share its outcome; a failure only with deliveries of its own
+//     kind, so that a replay to the wrong path cannot answer the right
+//     path's retries.
 //
 // Memory is bounded: past capacity the oldest are forgotten. Each replica
 // remembers on its own.
@@ -46,68 +47,61 @@ type dedupe struct {
 	capacity int
 	epoch    time.Time // times are offsets from it, on the monotonic clock
 
-	seeds [2]maphash.Seed
-
-	mu sync.Mutex
-	// By two 64-bit hashes of the svix-id: bounded whatever the id. Only
-	// verified ids are remembered, and two collide as likely as one guesses
-	// a 128-bit key.
-	entries map[[2]uint64]*entry
+	mu      sync.Mutex
+	entries map[workKey]*entry
 	ended   []*entry // entries whose work ended, oldest first
 }
 
-// entry is a message's work: running until done is closed, then its outcome.
-type entry struct {
-	key  [2]uint64
+// workKey names a message's work for one kind. Only verified ids are
+// remembered, and they are at most maxMessageIDBytes long.
+type workKey struct {
 	kind kind
+	id   string
+}
+
+// entry is a message's work for one kind: running until done is closed,
+// then its outcome.
+type entry struct {
+	key  workKey
 	done chan struct{} // closed when err and at are set
 	err  error
 	at   time.Duration // when the work ended, since epoch
 }
 
 func newDedupe(window time.Duration, capacity int) *dedupe {
-	return &dedupe{window: window, capacity: capacity, epoch: time.Now(), seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		entries: map[[2]uint64]*entry{}}
+	return &dedupe{window: window, capacity: capacity, epoch: time.Now(), entries: map[workKey]*entry{}}
 }
 
 // do runs work(ctx) for message id of kind k, unless the message is
-// remembered: then it refuses another kind with errOtherKind, or shares the
-// outcome of the work that ran, or waits for the work that runs (until ctx
-// ends: a waiter may leave when its sender goes away). shared reports that
-// this call did not run work itself.
+// remembered: then it refuses another kind's success with errOtherKind,
+// or shares the outcome of the work that ran, or waits for the work that
+// runs (until ctx ends: a waiter may leave when its sender goes away).
+// shared reports that this call did not run work itself.
 //
 // work runs on the caller's goroutine, and others may wait for it: work
 // that should not end when its caller goes away must not use a context
 // that does (the handler gives it one of its own). A panic in work, or a
 // runtime.Goexit, is an error for every caller.
 func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Context) error) (shared bool, err error) {
-	key := [2]uint64{maphash.String(d.seeds[0], id), maphash.String(d.seeds[1], id)}
+	key := workKey{kind: k, id: id}
 	d.mu.Lock()
-	if e := d.entries[key]; e != nil {
-		select {
-		case <-e.done:
-			switch age := time.Since(d.epoch) - e.at; {
-			case e.kind != k && e.err == nil && age < max(d.window, bindFor):
-				d.mu.Unlock()
-				return true, errOtherKind
-			case age < recentFor || e.kind == k && e.err == nil && age < d.window: // a failure, of either kind
-				d.mu.Unlock()
-				return true, e.err
-			}
-		default:
-			d.mu.Unlock()
-			if e.kind != k {
-				return true, errOtherKind
-			}
-			select {
-			case <-e.done:
-				return true, e.err
-			case <-ctx.Done():
-				return true, ctx.Err()
-			}
+	for {
+		running, outcome, remembered := d.recall(key)
+		if running == nil && !remembered {
+			break
 		}
+		d.mu.Unlock()
+		if remembered {
+			return true, outcome
+		}
+		select {
+		case <-running.done:
+		case <-ctx.Done():
+			return true, ctx.Err()
+		}
+		d.mu.Lock() // and look again: a failure of the other kind decides nothing here
 	}
-	e := &entry{key: key, kind: k, done: make(chan struct{})}
+	e := &entry{key: key, done: make(chan struct{})}
 	d.entries[key] = e
 	d.mu.Unlock()
 
@@ -118,24 +112,60 @@ func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Co
 		} else if !returned {
 			err = fmt.Errorf("%w: it called runtime.Goexit", errWorkDidNotReturn)
 		}
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		e.err, e.at = err, time.Since(d.epoch)
-		d.ended = append(d.ended, e)
-		// Forget what ended too long ago to matter, and the oldest while
-		// over capacity; a message worked on again has a newer entry, and
-		// the older one counts towards capacity until it is swept.
-		for len(d.ended) > 0 && (len(d.ended) > d.capacity || e.at-d.ended[0].at >= max(d.window, bindFor)) {
-			if old := d.ended[0]; d.entries[old.key] == old {
-				delete(d.entries, old.key)
-			}
-			d.ended[0], d.ended = nil, d.ended[1:]
-		}
-		close(e.done)
+		d.end(e, err)
 	}()
 	err = work(ctx)
 	returned = true
 	return false, err
+}
+
+// recall is what d remembers of key's message, with d.mu held: work to
+// wait for (of either kind), or an outcome that answers a delivery of
+// key's kind (remembered), or neither.
+func (d *dedupe) recall(key workKey) (running *entry, outcome error, remembered bool) {
+	now := time.Since(d.epoch)
+	for _, k := range []kind{kindCluster, kindRoute} {
+		e := d.entries[workKey{kind: k, id: key.id}]
+		if e == nil {
+			continue
+		}
+		select {
+		case <-e.done:
+		default:
+			return e, nil, false
+		}
+		age := now - e.at
+		succeeded := e.err == nil
+		switch {
+		case k != key.kind && succeeded && age < max(d.window, bindFor):
+			return nil, errOtherKind, true
+		case k == key.kind && succeeded && age < d.window:
+			return nil, nil, true
+		case k == key.kind && age < recentFor:
+			return nil, e.err, true
+		}
+	}
+	return nil, nil, false
+}
+
+// end records e's outcome, wakes those waiting for it, and forgets what
+// ended too long ago to matter, and the oldest while over capacity. A
+// message worked on again has a newer entry; the older one counts towards
+// capacity until it is swept.
+func (d *dedupe) end(e *entry, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	e.err = err
+	e.at = time.Since(d.epoch)
+	d.ended = append(d.ended, e)
+	for len(d.ended) > 0 && (len(d.ended) > d.capacity || e.at-d.ended[0].at >= max(d.window, bindFor)) {
+		if old := d.ended[0]; d.entries[old.key] == old {
+			delete(d.entries, old.key)
+		}
+		d.ended[0] = nil
+		d.ended = d.ended[1:]
+	}
+	close(e.done)
 }
 
 // Len is how many messages are remembered.

@@ -43,8 +43,9 @@ func TestRetriedMessageIsNotFetchedAgain(t *testing.T) {
 // TestAMessageIsFetchedOnlyForItsKind: the signature does not cover the
 // URL, so a captured delivery verifies on the other kind's path too (with
 // one secret, or with both endpoints' secrets configured). A message that
-// was handled, or is being handled, for one kind is never fetched for the
-// other: 409, no API call, and the replays' log lines are rate-limited.
+// was handled for one kind is never fetched for the other: 409, no API
+// call, and the replays' log lines are rate-limited. Replays that arrive
+// while the message is being handled wait for its outcome.
 func TestAMessageIsFetchedOnlyForItsKind(t *testing.T) {
 	for _, first := range []string{"succeeded", "at work"} {
 		t.Run(first, func(t *testing.T) {
@@ -52,31 +53,42 @@ func TestAMessageIsFetchedOnlyForItsKind(t *testing.T) {
 				rig := newBubbleRig(t, testSecret, secondSecret)
 				release := make(chan struct{})
 				rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
-					if first == "at work" {
-						<-release
-					}
+					<-release
 					writeClusterResult(w, testRequestID)
+				}
+				if first == "succeeded" {
+					close(release)
 				}
 				body := requestBody(testRequestID)
 				go rig.deliver(signedDeliveryAt(t, secondSecret, "/webhook/cluster", body, "msg_captured", time.Now()))
 				synctest.Wait()
-				calls := len(rig.api.recorded())
-				for i := range 100 {
-					resp := rig.deliver(signedDeliveryAt(t, secondSecret, "/webhook/route", body, "msg_captured", time.Now()))
-					if resp.Code != http.StatusConflict {
-						t.Fatalf("replay %d to /webhook/route: %d %q, want 409", i, resp.Code, resp.Body)
-					}
+				codes := make(chan int, 100)
+				var replays sync.WaitGroup
+				for range 100 {
+					req := signedDeliveryAt(t, secondSecret, "/webhook/route", body, "msg_captured", time.Now())
+					replays.Go(func() { codes <- rig.deliver(req).Code })
 					if first == "succeeded" {
+						replays.Wait()
 						time.Sleep(100 * time.Millisecond)
 					}
 				}
-				if got := len(rig.api.recorded()); got != calls || calls != 1 {
-					t.Errorf("100 replays to the other kind made %d API calls (%d before), want none", got-calls, calls)
+				if first == "at work" {
+					synctest.Wait() // every replay waits for the work
+					close(release)
+				}
+				replays.Wait()
+				close(codes)
+				for code := range codes {
+					if code != http.StatusConflict {
+						t.Fatalf("a replay to /webhook/route: %d, want 409", code)
+					}
+				}
+				if calls := len(rig.api.recorded()); calls != 1 {
+					t.Errorf("a delivery and 100 replays to the other kind made %d API calls, want 1", calls)
 				}
 				if n := strings.Count(rig.logs.String(), "rejected delivery of a message verified for the other kind"); n > rejectLogBurst {
 					t.Errorf("%d log lines for 100 replays, want at most %d", n, rejectLogBurst)
 				}
-				close(release)
 			})
 		})
 	}
@@ -86,7 +98,7 @@ func TestAMessageIsFetchedOnlyForItsKind(t *testing.T) {
 // to the other kind's path (for example after a restart, when nothing is
 // remembered), must not hold up Svix's retries of the message to its own
 // path. Replays to either path, in any order, cost at most one fetch (and
-// one ERROR line) per recentFor.
+// one ERROR line) per kind per recentFor.
 func TestAFailedMessageBindsNoKind(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rig := newBubbleRig(t, testSecret)
@@ -113,17 +125,76 @@ func TestAFailedMessageBindsNoKind(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		limit := int(10*time.Second/recentFor) + 1
+		limit := 2 * (int(10*time.Second/recentFor) + 1)
 		if calls := len(rig.api.recorded()); calls > limit {
-			t.Errorf("a failure and 100 replays in 10 s made %d API calls, want at most one per %v (%d)", calls, recentFor, limit)
+			t.Errorf("a failure and 100 replays in 10 s made %d API calls, want at most one per kind per %v (%d)", calls, recentFor, limit)
 		}
 		if n := strings.Count(rig.logs.String(), "level=ERROR"); n > limit {
-			t.Errorf("%d ERROR lines, want at most one per %v (%d)", n, recentFor, limit)
+			t.Errorf("%d ERROR lines, want at most one per kind per %v (%d)", n, recentFor, limit)
 		}
 		apiDown.Store(false)
 		time.Sleep(5 * time.Second) // Svix's retry of the genuine delivery
 		if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_failing", time.Now())); resp.Code != http.StatusOK {
 			t.Fatalf("Svix's retry to /webhook/cluster: %d %q, want 200: the replays held it up", resp.Code, resp.Body)
+		}
+	})
+}
+
+// TestWrongPathReplaysDoNotHoldUpTheRightPath: a cluster delivery fails
+// while the API is down. Once the API is back, its capture replayed to
+// /webhook/route every 100 ms (where the id is a 404) does not answer
+// Svix's retries to /webhook/cluster: the first retry is fetched. The
+// replays cost at most one fetch per recentFor.
+func TestWrongPathReplaysDoNotHoldUpTheRightPath(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		var apiDown atomic.Bool
+		apiDown.Store(true)
+		var routeCalls atomic.Int32
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case strings.Contains(r.URL.Path, "/route/"):
+				routeCalls.Add(1)
+				http.NotFound(w, r)
+			case apiDown.Load():
+				http.Error(w, `{"message":"Forbidden"}`, http.StatusForbidden)
+			default:
+				writeClusterResult(w, testRequestID)
+			}
+		}
+		body := requestBody(testRequestID)
+		deliver := func(path string) int {
+			return rig.deliver(signedDeliveryAt(t, testSecret, path, body, "msg_retried", time.Now())).Code
+		}
+		if code := deliver("/webhook/cluster"); code != http.StatusBadGateway {
+			t.Fatalf("first delivery: %d, want 502", code)
+		}
+		apiDown.Store(false)
+		stop := make(chan struct{})
+		replayed := make(chan struct{})
+		go func() {
+			defer close(replayed)
+			for {
+				// 409 once the retry succeeded: the message is then bound.
+				if code := deliver("/webhook/route"); code < 500 && code != http.StatusConflict {
+					t.Errorf("a replay to /webhook/route: %d, want a 5xx or 409", code)
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+		time.Sleep(5 * time.Second) // Svix's first retry
+		code := deliver("/webhook/cluster")
+		close(stop)
+		<-replayed
+		if code != http.StatusOK {
+			t.Errorf("Svix's retry to /webhook/cluster amid replays to /webhook/route: %d, want 200", code)
+		}
+		if n, limit := int(routeCalls.Load()), int(5*time.Second/recentFor)+1; n > limit {
+			t.Errorf("5 s of replays made %d API calls, want at most one per %v (%d)", n, recentFor, limit)
 		}
 	})
 }
