@@ -10,15 +10,26 @@ import (
 )
 
 // connLimitListener admits at most max connections at once. When all are
-// taken, it closes one that is not serving a verified delivery (idle, or
-// sending a request that has not proved genuine), so that a newcomer such
-// as Svix gets in at once however many connections an attacker holds. The
-// victim is drawn at random, so that an attacker cannot arrange which; one
-// that carried a verified delivery (Svix's keep-alive) only when no other
-// is open. Only when all serve verified deliveries does a newcomer wait.
+// taken, it closes one for the newcomer, so that a newcomer such as Svix
+// gets in however many connections an attacker holds. It chooses in an
+// order that spares genuine work:
+//
+//  1. a connection that never carried a verified delivery and is idle,
+//     silent, or has been sending one request for slowAfter or more;
+//  2. a sender's keep-alive connection (one that carried a verified
+//     delivery) idle for idleSafe or more: its client sees the close before
+//     it next uses the connection, so the close costs a reconnect, not a
+//     failed delivery;
+//  3. a connection with a request in flight that has not proved genuine.
+//
+// Never a connection serving a verified delivery, one younger than
+// shedAfter, or a sender's connection idle for less than idleSafe (its
+// client may be reusing it at that moment). Within a class the victim is
+// drawn at random, so that an attacker cannot arrange which. When there is
+// no candidate, the newcomer waits.
 //
 // Wire it with the server's ConnState (trackState) and ConnContext
-// (connContext): the handler calls the func under verifiedHookKey in the
+// (connContext): the handler calls the func under protectKey in the
 // request's context once the request proved genuine.
 type connLimitListener struct {
 	net.Listener
@@ -26,17 +37,29 @@ type connLimitListener struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
-	mu        sync.Mutex
-	sheddable map[*limitedConn]bool // admitted, not serving a verified delivery
+	mu    sync.Mutex
+	conns map[*limitedConn]struct{} // admitted and not closed
 }
 
-// shedAfter spares a connection just accepted: a client sends its request
-// within milliseconds.
-const shedAfter = 100 * time.Millisecond
+const (
+	// shedAfter spares a connection just accepted: a client sends its
+	// request within milliseconds.
+	shedAfter = 100 * time.Millisecond
+	// slowAfter: a request still unproven this long after its headers
+	// arrived is slow (Svix sends a delivery at once).
+	slowAfter = time.Second
+	// idleSafe: a keep-alive connection idle this long is not about to be
+	// reused by its client.
+	idleSafe = time.Second
+)
 
 func newConnLimitListener(l net.Listener, max int) *connLimitListener {
-	return &connLimitListener{Listener: l, slots: make(chan struct{}, max), closed: make(chan struct{}),
-		sheddable: map[*limitedConn]bool{}}
+	return &connLimitListener{
+		Listener: l,
+		slots:    make(chan struct{}, max),
+		closed:   make(chan struct{}),
+		conns:    map[*limitedConn]struct{}{},
+	}
 }
 
 func (l *connLimitListener) Accept() (net.Conn, error) {
@@ -50,13 +73,14 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 			return l.admit(c), nil
 		default:
 		}
-		if l.shedOne() {
+		if victim := l.chooseVictim(time.Now()); victim != nil {
+			victim.Close() // gives its slot back
 			continue
 		}
 		select {
 		case l.slots <- struct{}{}:
 			return l.admit(c), nil
-		case <-time.After(shedAfter): // look again, when the young are of age
+		case <-time.After(shedAfter): // look again: connections age into candidates
 		case <-l.closed:
 			c.Close()
 			return nil, net.ErrClosed
@@ -64,94 +88,127 @@ func (l *connLimitListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *connLimitListener) admit(c net.Conn) *limitedConn {
-	lc := &limitedConn{Conn: c, l: l, accepted: time.Now()}
-	l.setSheddable(lc, true)
-	return lc
-}
-
 func (l *connLimitListener) Close() error {
 	l.closeOnce.Do(func() { close(l.closed) })
 	return l.Listener.Close()
 }
 
-// trackState is the ConnState hook: a connection is sheddable again
-// whenever a request ends or a new one starts.
-func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
-	if lc, ok := c.(*limitedConn); ok {
-		l.setSheddable(lc, state == http.StateNew || state == http.StateIdle || state == http.StateActive)
-	}
+func (l *connLimitListener) admit(c net.Conn) *limitedConn {
+	now := time.Now()
+	lc := &limitedConn{Conn: c, l: l, accepted: now, state: http.StateNew, since: now}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.conns[lc] = struct{}{}
+	return lc
 }
 
+// trackState is the server's ConnState hook. A request starting or ending
+// ends the protection of the one before.
+func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
+	lc, ok := c.(*limitedConn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lc.state = state
+	lc.since = time.Now()
+	lc.verified = false
+}
+
+// connContext is the server's ConnContext hook: it gives each request the
+// means to protect its connection.
 func (l *connLimitListener) connContext(ctx context.Context, c net.Conn) context.Context {
 	if lc, ok := c.(*limitedConn); ok {
-		return context.WithValue(ctx, verifiedHookKey{}, func() { // protects lc while it serves a verified delivery
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			lc.carriedVerified = true
-			delete(l.sheddable, lc)
-		})
+		return context.WithValue(ctx, protectKey{}, lc.protect)
 	}
 	return ctx
 }
 
-func (l *connLimitListener) setSheddable(c *limitedConn, sheddable bool) {
+// chooseVictim returns the connection to close for a newcomer, or nil. It
+// marks the victim as closing in the same critical section, so that a
+// delivery on it can no longer be protected: none starts work whose answer
+// could not be written.
+func (l *connLimitListener) chooseVictim(now time.Time) *limitedConn {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if sheddable && !c.released {
-		l.sheddable[c] = true
-	} else {
-		delete(l.sheddable, c)
-	}
-}
-
-// shedOne closes a sheddable connection accepted shedAfter ago or more,
-// drawn at random: one that carried a verified delivery only when no other
-// is open, however young. It reports whether it closed one. A victim that
-// starts a message's work between the draw and the close is cut: Svix
-// retries, and finds the work done.
-func (l *connLimitListener) shedOne() bool {
-	l.mu.Lock()
-	var never, carried []*limitedConn
-	youngNever := false
-	for c := range l.sheddable {
-		switch old := time.Since(c.accepted) >= shedAfter; {
-		case c.carriedVerified && old:
-			carried = append(carried, c)
-		case !c.carriedVerified && old:
-			never = append(never, c)
-		case !c.carriedVerified:
-			youngNever = true
+	var candidates [neverShed][]*limitedConn
+	for c := range l.conns {
+		if class := c.shedClass(now); class != neverShed {
+			candidates[class] = append(candidates[class], c)
 		}
 	}
-	l.mu.Unlock()
-	if len(never) == 0 && !youngNever {
-		never = carried
+	for _, class := range candidates {
+		if len(class) > 0 {
+			victim := class[rand.N(len(class))]
+			victim.closing = true
+			return victim
+		}
 	}
-	if len(never) > 0 {
-		never[rand.N(len(never))].Close()
-	}
-	return len(never) > 0
+	return nil
 }
 
-// limitedConn gives its slot back when first closed, by the server or by
-// shedding.
+// shedClass orders connections by what closing them costs: the lowest
+// class is closed first.
+type shedClass int
+
+const (
+	shedIdleOrSlow   shedClass = iota // never carried a verified delivery: idle, silent or slow
+	shedLongIdleSend                  // a sender's keep-alive connection, idle for idleSafe or more
+	shedUnproven                      // a request in flight that has not proved genuine
+	neverShed
+)
+
+// limitedConn is an admitted connection. It gives its slot back when first
+// closed, by the server or by shedding.
 type limitedConn struct {
 	net.Conn
 	l        *connLimitListener
 	accepted time.Time
-	// guarded by l.mu
-	released, carriedVerified bool
+
+	// Guarded by l.mu.
+	state    http.ConnState // StateNew, StateActive or StateIdle
+	since    time.Time      // when it entered state
+	verified bool           // serving a verified delivery
+	carried  bool           // has carried a verified delivery: a sender's connection
+	closing  bool           // chosen as a victim
+}
+
+func (c *limitedConn) shedClass(now time.Time) shedClass {
+	inState := now.Sub(c.since)
+	switch {
+	case c.closing || c.verified || now.Sub(c.accepted) < shedAfter:
+		return neverShed
+	case c.carried && c.state == http.StateIdle && inState >= idleSafe:
+		return shedLongIdleSend
+	case c.carried:
+		return neverShed
+	case c.state != http.StateActive || inState >= slowAfter:
+		return shedIdleOrSlow
+	}
+	return shedUnproven
+}
+
+// protect keeps c open while it serves a verified delivery. It reports
+// false when c is already being closed for a newcomer.
+func (c *limitedConn) protect() bool {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.verified = true
+	c.carried = true
+	return true
 }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
 	c.l.mu.Lock()
-	release := !c.released
-	c.released = true
-	delete(c.l.sheddable, c)
+	_, open := c.l.conns[c]
+	delete(c.l.conns, c)
 	c.l.mu.Unlock()
-	if release {
+	if open {
 		<-c.l.slots
 	}
 	return err

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -19,7 +20,7 @@ import (
 // as a signed delivery does), and /slow and /slow-verified, which wait for
 // release (or for their connection to be shed).
 func limitTestMux(release <-chan struct{}) *http.ServeMux {
-	verify := func(r *http.Request) { r.Context().Value(verifiedHookKey{}).(func())() }
+	verify := func(r *http.Request) { protectConnection(r) }
 	wait := func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
@@ -304,4 +305,104 @@ func TestReplaysDoNotRankWithTheSender(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAConnectionChosenForSheddingStartsNoWork: the victim is chosen and
+// marked in one step, so a delivery on it cannot be protected afterwards;
+// it starts no work whose answer could not be written (Svix retries). A
+// delivery protected first is never chosen.
+func TestAConnectionChosenForSheddingStartsNoWork(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		l := newConnLimitListener(nil, 2)
+		shed, kept := l.admit(pipeAddrConn{}), l.admit(pipeAddrConn{})
+		time.Sleep(shedAfter)
+
+		keptReq := signedDelivery(t, testSecret, "/webhook/cluster", requestBody("kept"))
+		keptReq = keptReq.WithContext(l.connContext(t.Context(), kept))
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			if victim := l.chooseVictim(time.Now()); victim != shed {
+				t.Errorf("chose %p while a delivery was at work on %p, want %p", victim, kept, shed)
+			}
+			writeClusterResult(w, path.Base(r.URL.Path))
+		}
+		if resp := rig.deliver(keptReq); resp.Code != http.StatusOK {
+			t.Fatalf("delivery on the kept connection: %d", resp.Code)
+		}
+
+		req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+		req = req.WithContext(l.connContext(t.Context(), shed))
+		resp := rig.deliver(req)
+		if resp.Code < 500 {
+			t.Errorf("a delivery on a connection being shed: %d, want a 5xx (no one reads it)", resp.Code)
+		}
+		rig.api.assertCalls(t, []apiCall{{Path: "/optimize/cluster/kept", APIKey: testAPIKey}})
+	})
+}
+
+// pipeAddrConn is a net.Conn that is never read or written.
+type pipeAddrConn struct{ net.Conn }
+
+func (pipeAddrConn) Close() error { return nil }
+
+// TestLongIdleSendersAreClosedBeforeNewDeliveries: with every slot held by
+// keep-alive connections that carried a verified delivery and have been
+// idle for a second (a sender's pool between deliveries), new genuine
+// deliveries that send their body 300 ms after their headers (a slow link)
+// are all answered 200: an idle connection is closed for each, never one
+// of them.
+func TestLongIdleSendersAreClosedBeforeNewDeliveries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const max = 4
+		rig := newBubbleRig(t, testSecret)
+		s := startBubbleServer(t, rig.handler, max)
+		var idle []net.Conn
+		for i := range max {
+			conn := s.dial(t)
+			req := signedDelivery(t, testSecret, "/webhook/route", requestBody(fmt.Sprint("idle", i)))
+			go req.Write(conn)
+			if resp, err := readResponse(conn); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("delivery %d: %v %v", i, resp, err)
+			}
+			idle = append(idle, conn)
+		}
+		time.Sleep(idleSafe)
+
+		const newcomers = 3
+		codes := make(chan int, newcomers)
+		for i := range newcomers {
+			conn := s.dial(t)
+			body := requestBody(fmt.Sprint("slow", i))
+			req := signedDelivery(t, testSecret, "/webhook/cluster", body)
+			head := fmt.Sprintf("POST /webhook/cluster HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"+
+				"Svix-Id: %s\r\nSvix-Timestamp: %s\r\nSvix-Signature: %s\r\n\r\n", len(body),
+				req.Header.Get("Svix-Id"), req.Header.Get("Svix-Timestamp"), req.Header.Get("Svix-Signature"))
+			go func() {
+				io.WriteString(conn, head)
+				time.Sleep(300 * time.Millisecond)
+				conn.Write(body)
+				resp, err := readResponse(conn)
+				if err != nil {
+					codes <- 0
+					return
+				}
+				codes <- resp.StatusCode
+			}()
+			time.Sleep(150 * time.Millisecond)
+		}
+		for range newcomers {
+			if code := <-codes; code != http.StatusOK {
+				t.Errorf("a slow new delivery got %d, want 200 (0: cut)", code)
+			}
+		}
+		closed := 0
+		for _, conn := range idle {
+			if isClosed(conn) {
+				closed++
+			}
+		}
+		if closed != newcomers {
+			t.Errorf("%d idle connections closed for %d newcomers, want %d", closed, newcomers, newcomers)
+		}
+	})
 }

@@ -112,7 +112,8 @@ func newServer(s services) http.Handler {
 // answers 200 only when that work is done.
 func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// A duplicate waiting for the message's work leaves when its sender
+		// All the work for one delivery has deliveryDeadline from now. A
+		// duplicate waiting for the message's work leaves when its sender
 		// goes away (a shed replay holds nothing); the work itself is shared,
 		// so it ends at its deadline, not when its sender goes away.
 		ctx, cancel := context.WithTimeout(r.Context(), deliveryDeadline)
@@ -141,14 +142,16 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 			return
 		}
 		shared, err := s.seen.do(ctx, d.Kind, d.MessageID, func(context.Context) error {
-			// Detached from the sender, with a deadline of its own.
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), deliveryDeadline)
+			// Detached from the sender, with the delivery's deadline: others
+			// may wait for this work, and Svix's retry finds it done.
+			deadline, _ := ctx.Deadline()
+			ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 			defer cancel()
 			// This connection carries a message's work: the connection
-			// limiter must not shed it. Repeats (a replayed capture) get no
-			// such protection.
-			if protect, ok := r.Context().Value(verifiedHookKey{}).(func()); ok {
-				protect()
+			// limiter must not shed it before its answer is written. Repeats
+			// (a replayed capture) get no such protection.
+			if !protectConnection(r) {
+				return errConnectionClosing
 			}
 			result, err := s.fetch(ctx, d.Kind, d.RequestID)
 			if err == nil {
@@ -188,9 +191,22 @@ func handleWebhook(s services, rejected *rejectLog, k kind) http.Handler {
 	})
 }
 
-// verifiedHookKey: a request's context may hold, under it, a func to call
-// once the request proved genuine (connLimitListener's).
-type verifiedHookKey struct{}
+// protectKey is where a request's context holds, from the connection
+// limiter, a func that keeps the request's connection from being closed
+// for a newcomer; it reports false when the connection is already closing.
+type protectKey struct{}
+
+// protectConnection keeps r's connection open until r's answer is written.
+// It reports false when the connection is being closed: the answer could
+// not be written, so no work should start.
+func protectConnection(r *http.Request) bool {
+	protect, ok := r.Context().Value(protectKey{}).(func() bool)
+	return !ok || protect()
+}
+
+// errConnectionClosing: the delivery's connection was closed for a
+// newcomer before its work started; Svix retries.
+var errConnectionClosing = unavailableError("the connection was closed for a newcomer before the work started")
 
 // errProcessing marks a processFunc's error, told apart from a failed fetch.
 var errProcessing = errors.New("processing the result")
