@@ -1,14 +1,10 @@
 package main
 
-// Configuration as an operator sets it: environment variables, checked at
-// start; and the -healthcheck mode.
+// Tests of the configuration: every variable, its defaults, and the
+// startup errors that name it.
 
 import (
 	"encoding/json"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -182,70 +178,14 @@ func TestTheHighestPortIsAccepted(t *testing.T) {
 	}
 }
 
-// TestHealthcheck: -healthcheck exits 0 only if /healthz on PORT answers 200.
-func TestHealthcheck(t *testing.T) {
-	for _, tc := range []struct {
-		status int
-		ok     bool
-	}{{200, true}, {204, false}, {301, false}, {404, false}, {503, false}} {
-		t.Run(http.StatusText(tc.status), func(t *testing.T) {
-			server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path != "/healthz" || r.Method != http.MethodGet {
-					http.NotFound(w, r)
-					return
-				}
-				if tc.status == http.StatusMovedPermanently {
-					http.Redirect(w, r, "/elsewhere", tc.status)
-					return
-				}
-				w.WriteHeader(tc.status)
-			}))
-			defer server.Close()
-			_, port, _ := net.SplitHostPort(server.Listener.Addr().String())
-			_, err := runBriefly(t, map[string]string{"PORT": " " + port + " "}, "-healthcheck")
-			if (err == nil) != tc.ok {
-				t.Errorf("/healthz answering %d: -healthcheck returned %v, want ok=%v", tc.status, err, tc.ok)
-			}
-		})
-	}
-	t.Run("nothing listening", func(t *testing.T) {
-		listener, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, port, _ := net.SplitHostPort(listener.Addr().String())
-		listener.Close()
-		if _, err := runBriefly(t, map[string]string{"PORT": port}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "healthcheck:") {
-			t.Errorf("-healthcheck with nothing on PORT: %v, want a healthcheck error", err)
-		}
-	})
-	t.Run("PORT not a port", func(t *testing.T) {
-		if _, err := runBriefly(t, map[string]string{"PORT": "x:y"}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "PORT:") {
-			t.Errorf("-healthcheck with PORT=x:y: %v, want a PORT error", err)
-		}
-	})
-}
-
-func TestUnknownFlagIsAUsageError(t *testing.T) {
-	if _, err := runBriefly(t, validEnv, "-verbose"); err == nil || !strings.Contains(err.Error(), "verbose") {
-		t.Fatalf("run -verbose: %v, want a usage error", err)
-	}
-}
-
-func TestVersionOf(t *testing.T) {
-	for _, tc := range []struct {
-		version string
-		info    *debug.BuildInfo
-		want    string
-	}{
-		{"", nil, "unknown"},
-		{"v1.2.3", nil, "v1.2.3"},
-		{"", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "(devel)"},
-		{"", &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"}}, "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"},
-		{"v1.2.3", &debug.BuildInfo{Main: debug.Module{Version: "v0.4.0"}}, "v1.2.3"},
-	} {
-		if got := versionOf(tc.version, tc.info); got != tc.want {
-			t.Errorf("versionOf(%q, %v) = %q, want %q", tc.version, tc.info, got, tc.want)
-		}
+// TestMetricsAddrNeedsMetricsGo: a copy built without metrics.go refuses
+// METRICS_ADDR at start, rather than ignore it.
+func TestMetricsAddrNeedsMetricsGo(t *testing.T) {
+	saved := newMetrics
+	newMetrics = nil // as in a build without metrics.go
+	t.Cleanup(func() { newMetrics = saved })
+	_, err := runBriefly(t, merge(validEnv, map[string]string{"METRICS_ADDR": ":9090"}))
+	if err == nil || !strings.HasPrefix(err.Error(), "METRICS_ADDR: ") || !strings.Contains(err.Error(), "metrics.go") {
+		t.Errorf("METRICS_ADDR without metrics.go: %v, want a startup error naming the variable and the file", err)
 	}
 }

@@ -9,6 +9,18 @@ import (
 	"time"
 )
 
+// This file is optional: without it, connections are not capped (see
+// limitConnections in server.go).
+
+func init() {
+	limitConnections = func(l net.Listener, srv *http.Server, max int) net.Listener {
+		limited := newConnLimitListener(l, max)
+		srv.ConnState = limited.trackState
+		srv.ConnContext = limited.connContext
+		return limited
+	}
+}
+
 // connLimitListener admits at most max connections at once. When all are
 // taken, it closes one for the newcomer, so that a newcomer such as Svix
 // gets in however many connections an attacker holds. It chooses in an
@@ -28,8 +40,8 @@ import (
 // drawn at random, so that an attacker cannot arrange which. When there is
 // no candidate, the newcomer waits.
 //
-// Wire it with the server's ConnState (trackState) and ConnContext
-// (connContext): the handler calls the func under protectKey in the
+// It needs the server's ConnState (trackState) and ConnContext
+// (connContext) hooks: the handler calls the func under protectKey in the
 // request's context once the request proved genuine.
 type connLimitListener struct {
 	net.Listener

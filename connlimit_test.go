@@ -1,5 +1,9 @@
 package main
 
+// Tests of the connection cap and what it sheds, on the fake clock of a
+// synctest bubble, over in-memory connections: no sleep or wall-clock
+// timing decides their outcome.
+
 import (
 	"cmp"
 	"fmt"
@@ -7,14 +11,11 @@ import (
 	"net"
 	"net/http"
 	"path"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
 )
-
-// These tests run the server on the fake clock of a synctest bubble, over
-// in-memory connections (bubbleServer): no sleep or wall-clock timing
-// decides their outcome.
 
 // limitTestMux serves /healthz, /verified (a request that proves genuine,
 // as a signed delivery does), and /slow and /slow-verified, which wait for
@@ -405,4 +406,43 @@ func TestLongIdleSendersAreClosedBeforeNewDeliveries(t *testing.T) {
 			t.Errorf("%d idle connections closed for %d newcomers, want %d", closed, newcomers, newcomers)
 		}
 	})
+}
+
+// TestTheMetricsPortHasAConnectionCap: connections to METRICS_ADDR are
+// capped like the webhook port's: past maxConnections, silent ones are
+// shed for newcomers, and a scrape still gets through.
+func TestTheMetricsPortHasAConnectionCap(t *testing.T) {
+	if newMetrics == nil {
+		t.Skip("this build has no metrics (metrics.go was left out)")
+	}
+	s := startService(t, &fakeAPI{}, map[string]string{"METRICS_ADDR": "127.0.0.1:0"})
+	addr := strings.TrimSuffix(strings.TrimPrefix(s.metricsURL, "http://"), "/metrics")
+	const extra = 8
+	var silent []net.Conn
+	for range maxConnections + extra {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		silent = append(silent, conn)
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(2 * shedAfter)
+	resp, err := http.Get(s.metricsURL)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("a scrape while %d silent connections are open: %v %v", len(silent), resp, err)
+	}
+	resp.Body.Close()
+	closed := 0
+	for _, conn := range silent { // a shed connection reads EOF at once
+		conn.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
+		if _, err := conn.Read(make([]byte, 1)); err == io.EOF {
+			closed++
+		}
+	}
+	// The extra ones, and one more for the scrape.
+	if want := extra + 1; closed < want {
+		t.Errorf("%d of %d silent connections were shed, want at least %d: the cap is %d", closed, len(silent), want, maxConnections)
+	}
 }

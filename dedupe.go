@@ -10,6 +10,9 @@ import (
 )
 
 const (
+	// dedupeCapacity is how many outcomes of messages' work are remembered
+	// at most; past it the oldest are forgotten.
+	dedupeCapacity = 100_000
 	// recentFor is how long the outcome of a message's work answers its
 	// repeats, failure included: a replayed capture of a failing message
 	// costs one API call per recentFor. Svix retries a failure 5 s later.
@@ -124,7 +127,7 @@ func (d *dedupe) do(ctx context.Context, k kind, id string, work func(context.Co
 // key's kind (remembered), or neither.
 func (d *dedupe) recall(key workKey) (running *entry, outcome error, remembered bool) {
 	now := time.Since(d.epoch)
-	for _, k := range []kind{kindCluster, kindRoute} {
+	for _, k := range kinds {
 		e := d.entries[workKey{kind: k, id: key.id}]
 		if e == nil {
 			continue

@@ -1,16 +1,23 @@
 package main
 
+// Tests of a delivery: reading, verifying, answering, and what a hostile
+// client cannot make it do.
+
 import (
 	"bytes"
-	"encoding/json"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -18,6 +25,300 @@ import (
 
 	svix "github.com/svix/svix-webhooks/go"
 )
+
+// signed1KiB is a 1 KiB body with its svix-* headers, signed with secret.
+func signed1KiB(b *testing.B, secret string) ([]byte, http.Header) {
+	prefix := `{"request_id":"` + testRequestID + `","padding":"`
+	body := []byte(prefix + strings.Repeat("x", 1024-len(prefix)-2) + `"}`)
+	if len(body) != 1024 {
+		b.Fatalf("body is %d bytes", len(body))
+	}
+	req := signedDeliveryAt(b, secret, "/webhook/cluster", body, "msg_bench", time.Now())
+	return body, req.Header
+}
+
+// BenchmarkVerify1KiB compares the Svix library's verification with the
+// floor: one bare HMAC-SHA256 and base64 of the same bytes, and a compare.
+func BenchmarkVerify1KiB(b *testing.B) {
+	body, header := signed1KiB(b, testSecret)
+
+	b.Run("floor=bare-HMAC-SHA256+base64", func(b *testing.B) {
+		key, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(testSecret, "whsec_"))
+		want := []byte(strings.TrimPrefix(header.Get("svix-signature"), "v1,"))
+		prefix := []byte(header.Get("svix-id") + "." + header.Get("svix-timestamp") + ".")
+		sig := make([]byte, base64.StdEncoding.EncodedLen(sha256.Size))
+		b.SetBytes(int64(len(body)))
+		b.ReportAllocs()
+		for b.Loop() {
+			mac := hmac.New(sha256.New, key)
+			mac.Write(prefix)
+			mac.Write(body)
+			base64.StdEncoding.Encode(sig, mac.Sum(nil))
+			if !hmac.Equal(sig, want) {
+				b.Fatal("floor does not match")
+			}
+		}
+	})
+	for _, tc := range []struct {
+		name    string
+		secrets []string
+	}{
+		{"library/1-secret", []string{testSecret}},
+		{"library/2-secrets,first-matches", []string{testSecret, secondSecret}},
+		{"library/2-secrets,second-matches", []string{secondSecret, testSecret}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			v, err := newVerifier(strings.Join(tc.secrets, " "))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := v.verify(body, header); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkHandler is one whole delivery through ServeHTTP: read, verify,
+// decode, dedupe bookkeeping, an in-memory fetch and the info log line.
+func BenchmarkHandler(b *testing.B) {
+	v, _ := newVerifier(testSecret)
+	raw := clusterResultJSON(10)
+	result, err := decodeResult(bytes.NewReader(raw))
+	if err != nil {
+		b.Fatal(err)
+	}
+	fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) { return result, nil }
+	logger := newLogger(io.Discard, slog.LevelInfo, "json")
+	// Window 0: every iteration is a new delivery, not a remembered one.
+	handler := newServer(webhookDeps{logger: logger, verifier: v, fetch: fetch, process: logSummary(logger), seen: newDedupe(0, 1), metrics: noMetrics{}}, alwaysReady)
+
+	body := requestBody(testRequestID)
+	template := signedDelivery(b, testSecret, "/webhook/cluster", body)
+	reader := &rewindBody{body: body}
+	req := template.Clone(context.Background())
+	req.Body = reader
+	w := &benchResponseWriter{header: http.Header{}}
+
+	b.ReportAllocs()
+	for b.Loop() {
+		reader.Reset()
+		clear(w.header)
+		w.status = 0
+		handler.ServeHTTP(w, req)
+		if w.status != 0 && w.status != http.StatusOK {
+			b.Fatalf("status %d", w.status)
+		}
+	}
+}
+
+// rewindBody is a request body that can be read again, so that the
+// benchmark measures the handler and not the making of requests.
+type rewindBody struct {
+	body []byte
+	r    bytes.Reader
+}
+
+func (b *rewindBody) Reset() { b.r.Reset(b.body) }
+
+func (b *rewindBody) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+func (b *rewindBody) Close() error { return nil }
+
+type benchResponseWriter struct {
+	header http.Header
+	status int
+}
+
+func (w *benchResponseWriter) Header() http.Header { return w.header }
+
+func (w *benchResponseWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+}
+
+func (w *benchResponseWriter) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return len(p), nil
+}
+
+// FuzzWebhook sends arbitrary bodies and header values to the real handler.
+// Whatever they are, it must not panic, and without a signature that the
+// Svix library itself accepts it must neither call the API nor answer 2xx.
+// With sign set, the harness signs the body, to reach the decoding steps.
+func FuzzWebhook(f *testing.F) {
+	f.Add(requestBody(testRequestID), "msg_1", "", "", true, false)
+	f.Add(requestBody(testRequestID), "msg_1", "", "", true, true)
+	f.Add([]byte(`{"request_id":"../../x"}`), "msg_2", "", "", true, false)
+	f.Add([]byte(`{"request_id":"a","request_id":"b/c"}`), "msg_3", "", "", true, true)
+	f.Add([]byte(`{"test": 2432232314}`), "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", false, false)
+	f.Add(requestBody(testRequestID), "msg_4", "+99999999999", "v1, v1,, ,v1", false, true)
+	f.Add([]byte("\xff\xfe{"), "msg\r\n5", "12345678901234567890", "v1a,xyz", false, false)
+
+	v, err := newVerifier(testSecret)
+	if err != nil {
+		f.Fatal(err)
+	}
+	signer, _ := svix.NewWebhook(testSecret)
+	const optimizeURL = "https://optipick.test/latest/optimize"
+
+	f.Fuzz(func(t *testing.T, body []byte, msgID, timestamp, signature string, sign, route bool) {
+		var mu sync.Mutex
+		var fetched []string
+		fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) {
+			target, err := optimizationURL(optimizeURL, k, requestID)
+			if err != nil {
+				t.Fatalf("the handler fetched an id the URL builder refuses: %q", requestID)
+			}
+			mu.Lock()
+			fetched = append(fetched, target)
+			mu.Unlock()
+			return &optimization{}, nil
+		}
+		logger := slog.New(slog.DiscardHandler)
+		handler := newServer(webhookDeps{logger: logger, verifier: v, fetch: fetch, process: logSummary(logger), seen: newDedupe(0, 1), metrics: noMetrics{}}, alwaysReady)
+
+		kind := "cluster"
+		if route {
+			kind = "route"
+		}
+		req := httptest.NewRequest(http.MethodPost, "/webhook/"+kind, bytes.NewReader(body))
+		if sign {
+			now := time.Now()
+			timestamp = strconv.FormatInt(now.Unix(), 10)
+			signature, _ = signer.Sign(msgID, now, body)
+		}
+		// Set the raw values, as a hostile client could send them.
+		req.Header["Svix-Id"] = []string{msgID}
+		req.Header["Svix-Timestamp"] = []string{timestamp}
+		req.Header["Svix-Signature"] = []string{signature}
+		resp := httptest.NewRecorder()
+		handler.ServeHTTP(resp, req)
+
+		genuine := signer.Verify(body, req.Header) == nil
+		if !genuine && (len(fetched) > 0 || resp.Code < 300) {
+			t.Fatalf("unsigned delivery got %d and fetched %v", resp.Code, fetched)
+		}
+		for _, target := range fetched {
+			u, err := url.Parse(target)
+			if err != nil || !strings.HasPrefix(u.Path, "/latest/optimize/"+kind+"/") || strings.Count(u.Path, "/") != 4 || u.RawQuery != "" {
+				t.Fatalf("fetched %q, outside /optimize/%s/", target, kind)
+			}
+		}
+	})
+}
+
+// TestHostileInput: none of these reach the API unverified, leave
+// /optimize/{kind}/, log a secret or panic.
+func TestHostileInput(t *testing.T) {
+	signed := func(body string) func() *http.Request {
+		return func() *http.Request { return signedDelivery(t, testSecret, "/webhook/cluster", []byte(body)) }
+	}
+	withHeaders := func(edit func(h http.Header)) func() *http.Request {
+		return func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			edit(req.Header)
+			return req
+		}
+	}
+	withTimestamp := func(edit func(signed string) string) func() *http.Request {
+		return withHeaders(func(h http.Header) { h.Set("svix-timestamp", edit(h.Get("svix-timestamp"))) })
+	}
+	nested := strings.Repeat(`{"a":[`, 6000) + strings.Repeat(`]}`, 6000) // just under the body cap
+	for _, tc := range []struct {
+		name       string
+		request    func() *http.Request
+		wantStatus int
+		wantFetch  string // the id fetched, if any
+	}{
+		{"id ../x", signed(`{"request_id":"../x"}`), 400, ""},
+		{"id ..", signed(`{"request_id":".."}`), 400, ""},
+		{"id .", signed(`{"request_id":"."}`), 400, ""},
+		{"id a/b", signed(`{"request_id":"a/b"}`), 400, ""},
+		{"id x?y", signed(`{"request_id":"x?y"}`), 400, ""},
+		{"id %2e%2e", signed(`{"request_id":"%2e%2e"}`), 400, ""},
+		{"id with CR LF", signed(`{"request_id":"a\r\nX-Injected: 1"}`), 400, ""},
+		{"id of 5000 chars", signed(`{"request_id":"` + strings.Repeat("a", 5000) + `"}`), 400, ""},
+		{"id with a NUL", signed(`{"request_id":"a\u0000b"}`), 400, ""},
+		{"invalid UTF-8", signed("{\"request_id\":\"\xff\xfe\"}"), 400, ""},
+		{"duplicate keys are refused", signed(`{"request_id":"first","request_id":"second"}`), 400, ""},
+		{"names match exactly", signed(`{"REQUEST_ID":"first"}`), 400, ""},
+		{"deeply nested JSON", signed(nested), 400, ""},
+		{"deeply nested beside a valid id", signed(`{"request_id":"ok1","x":` + nested + `}`), 400, ""},
+		{"unsigned valid body", func() *http.Request {
+			return httptest.NewRequest(http.MethodPost, "/webhook/cluster", bytes.NewReader(requestBody(testRequestID)))
+		}, 401, ""},
+		{"32 MiB body", func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			req.Body = io.NopCloser(io.LimitReader(zeros{}, 32<<20))
+			req.ContentLength = 32 << 20
+			return req
+		}, 413, ""},
+		{"32 MiB chunked body", func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			req.Body = io.NopCloser(io.LimitReader(zeros{}, 32<<20))
+			req.ContentLength = -1
+			return req
+		}, 413, ""},
+		{"body that stops half way", func() *http.Request {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+			req.Body = io.NopCloser(io.MultiReader(strings.NewReader(`{"request_id":"67`), errReader{io.ErrUnexpectedEOF}))
+			return req
+		}, 400, ""},
+		{"signature header twice, valid one second", withHeaders(func(h http.Header) {
+			h["Svix-Signature"] = []string{"v1,AAAA", h.Get("svix-signature")}
+		}), 401, ""},
+		{"signature header twice, valid one first", withHeaders(func(h http.Header) {
+			h.Add("svix-signature", "v1,AAAA")
+		}), 200, testRequestID},
+		{"svix-id alone beside a full webhook-* set", withHeaders(func(h http.Header) {
+			for _, name := range []string{"id", "timestamp", "signature"} {
+				h.Set("webhook-"+name, h.Get("svix-"+name))
+			}
+			h.Del("svix-signature")
+			h.Set("svix-id", "msg_decoy")
+		}), 200, testRequestID},
+		{"svix-* signature beside a wrong webhook-* set", withHeaders(func(h http.Header) {
+			h.Set("webhook-id", "msg_other")
+			h.Set("webhook-timestamp", h.Get("svix-timestamp"))
+			h.Set("webhook-signature", "v1,AAAA")
+		}), 200, testRequestID},
+		{"timestamp of 20 digits", withTimestamp(func(string) string { return "12345678901234567890" }), 401, ""},
+		{"timestamp with a minus", withTimestamp(func(ts string) string { return "-" + ts }), 401, ""},
+		// The same instant, so the signature over its canonical form holds.
+		{"timestamp with a plus", withTimestamp(func(ts string) string { return "+" + ts }), 200, testRequestID},
+		{"timestamp with a space", withTimestamp(func(ts string) string { return " " + ts }), 401, ""},
+		{"signature of 100k entries", withHeaders(func(h http.Header) {
+			h.Set("svix-signature", strings.Repeat("v1,AAAA ", 100_000))
+		}), 401, ""},
+		{"svix-id with CR LF and 10k chars", withHeaders(func(h http.Header) {
+			h.Set("svix-id", "msg\r\nlevel=ERROR "+strings.Repeat("x", 10_000))
+		}), 401, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, "  ,"+testSecret+",,")
+			resp := rig.deliver(tc.request())
+			if resp.Code != tc.wantStatus {
+				t.Fatalf("status = %d, want %d", resp.Code, tc.wantStatus)
+			}
+			var want []apiCall
+			if tc.wantFetch != "" {
+				want = []apiCall{{Path: "/optimize/cluster/" + tc.wantFetch, APIKey: testAPIKey}}
+			}
+			rig.api.assertCalls(t, want)
+			for _, line := range strings.Split(strings.TrimSpace(rig.logs.String()), "\n") {
+				if !strings.HasPrefix(line, "time=") || len(line) > 4096 {
+					t.Errorf("log line forged or unbounded: %.200q", line)
+				}
+			}
+		})
+	}
+}
 
 func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
 	for _, tc := range []struct {
@@ -50,60 +351,6 @@ func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
 				t.Errorf("debug log lacks the whole result:\n%s", logs)
 			}
 		})
-	}
-}
-
-// TestAnswersAreShortPlainText: every 200 the service writes itself, over
-// a real server, is its short text as text/plain; charset=utf-8, which
-// net/http names by sniffing (writeText).
-func TestAnswersAreShortPlainText(t *testing.T) {
-	rig := newRig(t, testSecret)
-	server := httptest.NewServer(rig.handler)
-	defer server.Close()
-	now := time.Now()
-	delivery := func() *http.Request { // the same message each time
-		req := signedDeliveryAt(t, testSecret, server.URL+"/webhook/cluster", requestBody(testRequestID), "msg_answers", now)
-		req.RequestURI = ""
-		return req
-	}
-	get := func(path string) *http.Request {
-		req, _ := http.NewRequest(http.MethodGet, server.URL+path, nil)
-		return req
-	}
-	for _, tc := range []struct {
-		name string
-		req  *http.Request
-		want string
-	}{
-		{"liveness", get("/healthz"), "ok\n"},
-		{"readiness", get("/readyz"), "ready\n"},
-		{"a delivery", delivery(), "fetched\n"},
-		{"the same delivery again", delivery(), "already handled\n"},
-	} {
-		resp, err := http.DefaultClient.Do(tc.req)
-		if err != nil {
-			t.Fatalf("%s: %v", tc.name, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(body) != tc.want || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
-			t.Errorf("%s: %s %q (%s), want 200 %q (text/plain; charset=utf-8)", tc.name, resp.Status, body, resp.Header.Get("Content-Type"), tc.want)
-		}
-	}
-}
-
-func TestOptimizationErrorIsLoggedAsWarningAndAcknowledged(t *testing.T) {
-	rig := newRig(t, testSecret)
-	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, `{"request_id":"`+testRequestID+`","site_name":"Example","error":"no valid picks","computation_time":0.01}`)
-	}
-	resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
-	if resp.Code != http.StatusOK {
-		t.Fatalf("status = %d, want 200", resp.Code)
-	}
-	if logs := rig.logs.String(); !strings.Contains(logs, `level=WARN msg="optimization fetched, but OptiPick reports that it failed"`) ||
-		!strings.Contains(logs, `optimization_error="no valid picks"`) {
-		t.Errorf("log lacks the warning with OptiPick's error:\n%s", logs)
 	}
 }
 
@@ -292,42 +539,6 @@ func TestBodyOfExactlyTheLimitIsAccepted(t *testing.T) {
 	resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", body))
 	if resp.Code != http.StatusOK {
 		t.Fatalf("status = %d, want 200", resp.Code)
-	}
-}
-
-func TestRoutingNeverRedirects(t *testing.T) {
-	for _, tc := range []struct {
-		method, path string
-		wantStatus   int
-		wantAllow    string
-	}{
-		{http.MethodGet, "/healthz", http.StatusOK, ""},
-		{http.MethodHead, "/healthz", http.StatusOK, ""},
-		{http.MethodPost, "/healthz", http.StatusMethodNotAllowed, "GET, HEAD"},
-		{http.MethodGet, "/webhook/cluster", http.StatusMethodNotAllowed, "POST"},
-		{http.MethodPut, "/webhook/route", http.StatusMethodNotAllowed, "POST"},
-		{http.MethodGet, "/webhook", http.StatusMethodNotAllowed, "POST"},
-		{http.MethodPost, "/", http.StatusNotFound, ""},
-		{http.MethodPost, "/webhook/pallet", http.StatusNotFound, ""},
-		{http.MethodPost, "/webhook/cluster/", http.StatusNotFound, ""},
-		{http.MethodPost, "/webhook//cluster", http.StatusNotFound, ""},
-		{http.MethodPost, "/webhook/../webhook/cluster", http.StatusNotFound, ""},
-		{http.MethodPost, "/webhook/./route", http.StatusNotFound, ""},
-	} {
-		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
-			rig := newRig(t, testSecret)
-			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
-			req.Method = tc.method
-			req.URL.Path = tc.path
-			resp := rig.deliver(req)
-			if resp.Code != tc.wantStatus {
-				t.Fatalf("status = %d, want %d (Location %q)", resp.Code, tc.wantStatus, resp.Header().Get("Location"))
-			}
-			if got := resp.Header().Get("Allow"); got != tc.wantAllow {
-				t.Errorf("Allow = %q, want %q", got, tc.wantAllow)
-			}
-			rig.api.assertCalls(t, nil)
-		})
 	}
 }
 
@@ -530,112 +741,69 @@ func TestSignatureHeaderBounds(t *testing.T) {
 	}
 }
 
-// summaryLine delivers a cluster result with these distances and returns
-// its summary log line, parsed from JSON.
-func summaryLine(t *testing.T, asis, optimal string) map[string]any {
-	t.Helper()
-	api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, `{"request_id":%q,"site_name":"S","asis_distance":%s,"optimal_distance":%s,"optimal_clusters":[{}]}`,
-			testRequestID, asis, optimal)
-	}}
-	rig := buildRig(t, rigConfig{api: api, apiURL: "http://optipick.test", transport: handlerTransport{api},
-		secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"})
-	if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusOK {
-		t.Fatalf("status %d, want 200\n%s", resp.Code, rig.logs)
+func TestMemoryFollowsTheBytesSentNotTheDeclaredLength(t *testing.T) {
+	rig := newRig(t, testSecret)
+	// Declared over the cap: refused before a byte is read.
+	req := httptest.NewRequest(http.MethodPost, "/webhook/cluster", io.LimitReader(zeros{}, 1))
+	req.ContentLength = 1 << 20
+	if resp := rig.deliver(req); resp.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("1 MiB declared: status %d, want 413", resp.Code)
 	}
-	var line map[string]any
-	if err := json.Unmarshal([]byte(rig.logs.String()), &line); err != nil {
-		t.Fatalf("the summary is not one JSON line: %v\n%s", err, rig.logs)
+
+	// Declared at the cap, one byte sent, then the client stalls and goes.
+	const n = 100
+	allocated := bytesAllocated(func() {
+		for range n {
+			req := httptest.NewRequest(http.MethodPost, "/webhook/cluster",
+				io.MultiReader(strings.NewReader("{"), errReader{io.ErrUnexpectedEOF}))
+			req.ContentLength = maxBodyBytes
+			if resp := rig.deliver(req); resp.Code != http.StatusBadRequest {
+				t.Fatalf("status %d, want 400", resp.Code)
+			}
+		}
+	})
+	if perRequest := allocated / n; perRequest > maxBodyBytes/8 {
+		t.Errorf("a request that declared %d bytes and sent 1 allocated %d bytes", maxBodyBytes, perRequest)
 	}
-	return line
+	rig.api.assertCalls(t, nil)
 }
 
-// TestSummaryLineValues: the saving is (as-is − optimal) / as-is in
-// percent, to one decimal; without a positive as-is distance there is
-// none, and the line stays valid JSON.
-func TestSummaryLineValues(t *testing.T) {
-	for _, tc := range []struct {
-		asis, optimal string
-		saving        any // nil: no saving_pct
-	}{
-		{"200", "150", 25.0},
-		{"300", "200", 33.3},
-		{"3", "1", 66.7},
-		{"100", "150", -50.0},
-		{"1000", "999.4", 0.1},
-		{"0", "0", nil},
-		{"0", "5", nil},
-		{"-100", "50", nil},
-		{"1e-320", "0", 100.0},
-	} {
-		t.Run(tc.asis+"→"+tc.optimal, func(t *testing.T) {
-			line := summaryLine(t, tc.asis, tc.optimal)
-			if got, ok := line["saving_pct"]; got != tc.saving || ok != (tc.saving != nil) {
-				t.Errorf("saving_pct = %v, want %v\n%v", got, tc.saving, line)
-			}
-			if line["clusters"] != 1.0 || line["site_name"] != "S" {
-				t.Errorf("summary line %v", line)
-			}
-			// Distances are logged when the result has any, as sent.
-			_, hasAsis := line["asis_distance"]
-			if wantDistances := tc.asis != "0" || tc.optimal != "0"; hasAsis != wantDistances || wantDistances && line["optimal_distance"] == nil {
-				t.Errorf("distances logged: %v, want %v\n%v", hasAsis, wantDistances, line)
+// TestJunkSignatureHeadersCostWhatAnyRejectionCosts: thousands of junk
+// signatures are refused before the library splits and compares them.
+func TestJunkSignatureHeadersCostWhatAnyRejectionCosts(t *testing.T) {
+	rig := buildRig(t, rigConfig{secrets: []string{testSecret, secondSecret, wrongSecret}, apiURL: "http://optipick.test",
+		transport: handlerTransport{&fakeAPI{}}, level: slog.LevelInfo, format: "text"})
+	allocsFor := func(signature string) float64 {
+		req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+		req.Header.Set("svix-signature", signature)
+		body := requestBody(testRequestID)
+		return testing.AllocsPerRun(50, func() {
+			setBody(req, body)
+			if resp := rig.deliver(req); resp.Code != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401", resp.Code)
 			}
 		})
 	}
-}
-
-// TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats: number logs a whole
-// number as an int64. In JSON it must print as slog prints the float64; in
-// text it may print in full where slog would use an exponent, but it must
-// be the same number. A fraction, or a float too large for an exact int64,
-// stays a float64. -0 (a saving that rounds to it) prints as 0.
-func TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats(t *testing.T) {
-	logged := func(format string, attr slog.Attr) string {
-		var out bytes.Buffer
-		newLogger(&out, slog.LevelInfo, format).LogAttrs(t.Context(), slog.LevelInfo, "m", attr)
-		_, value, _ := strings.Cut(strings.TrimSpace(out.String()), map[string]string{"json": `"n":`, "text": " n="}[format])
-		return strings.TrimSuffix(value, "}")
+	plain := allocsFor("v1,AAAA")
+	junk := allocsFor(strings.TrimSpace(strings.Repeat("v1,A ", 3500))) // fits the 16 KiB header cap
+	if junk > plain {
+		t.Errorf("junk signatures: %.0f allocations per request, a plain wrong one %.0f", junk, plain)
 	}
-	for _, f := range []float64{0, 1, -3, 22920, 2e6, 1 << 52, 1<<53 - 1, 1 << 53, 1e21, 1e300, 0.5, 33.3, -999.4, 1e-320} {
-		if got, want := logged("json", number("n", f)), logged("json", slog.Float64("n", f)); got != want {
-			t.Errorf("%v in JSON: logged %s, as a float64 %s", f, got, want)
-		}
-		got, err := strconv.ParseFloat(logged("text", number("n", f)), 64)
-		if err != nil || got != f {
-			t.Errorf("%v in text: logged %s (%v)", f, logged("text", number("n", f)), err)
-		}
-	}
-	if got := logged("json", number("n", math.Copysign(0, -1))); got != "0" {
-		t.Errorf("-0 logged %s, want 0", got)
+	// Rotation, with a few signatures, still verifies.
+	req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
+	other := signedDelivery(t, secondSecret, "/webhook/cluster", requestBody(testRequestID))
+	req.Header.Set("svix-signature", "v1,AAAA "+other.Header.Get("svix-signature")+" "+req.Header.Get("svix-signature"))
+	if resp := rig.deliver(req); resp.Code != http.StatusBadGateway && resp.Code != http.StatusOK {
+		t.Fatalf("three signatures, the last valid: status %d, want it verified", resp.Code)
 	}
 }
 
-// TestClientHeadersAreLoggedSafely: an unverified svix-id is logged as it
-// is when it is printable ASCII, quoted otherwise, and cut at 128 bytes.
-func TestClientHeadersAreLoggedSafely(t *testing.T) {
-	for _, tc := range []struct{ id, logged string }{
-		{"msg_ ~", "msg_ ~"},
-		{"msg_\x1f", `"msg_\x1f"`},
-		{"msg_\x7f", `"msg_\x7f"`},
-		{"msg_é", `"msg_\u00e9"`},
-		{strings.Repeat("x", 200), strings.Repeat("x", 128)},
-		{strings.Repeat("x", 127) + "\x01", `"` + strings.Repeat("x", 127) + `\x01"`},
-		{strings.Repeat("x", 128) + "\x01", strings.Repeat("x", 128)},
-	} {
-		rig := buildRig(t, rigConfig{api: &fakeAPI{}, apiURL: "http://optipick.test", transport: handlerTransport{&fakeAPI{}},
-			secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"})
-		req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
-		req.Header["Svix-Id"] = []string{tc.id}
-		if resp := rig.deliver(req); resp.Code != http.StatusUnauthorized {
-			t.Fatalf("svix-id %q: status %d, want 401", tc.id, resp.Code)
-		}
-		var line map[string]any
-		if err := json.Unmarshal([]byte(rig.logs.String()), &line); err != nil {
-			t.Fatal(err)
-		}
-		if line["svix_id"] != tc.logged {
-			t.Errorf("svix-id %q logged as %q, want %q", tc.id, line["svix_id"], tc.logged)
-		}
+func TestTooManySecretsAreRefused(t *testing.T) {
+	secrets := strings.TrimSpace(strings.Repeat(testSecret+" ", maxSecrets))
+	if _, err := newVerifier(secrets); err != nil {
+		t.Fatalf("%d secrets: %v", maxSecrets, err)
+	}
+	if _, err := newVerifier(secrets + " " + secondSecret); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("at most %d", maxSecrets)) {
+		t.Fatalf("%d secrets: %v, want a refusal naming the limit", maxSecrets+1, err)
 	}
 }

@@ -1,7 +1,8 @@
 package main
 
 // The one test harness of the root package: secrets, a fake OptiPick API,
-// signed deliveries, and the real handler wired to them.
+// signed deliveries, the real handler wired to them, and the service
+// started with run.
 
 import (
 	"bufio"
@@ -17,6 +18,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +28,16 @@ import (
 
 	svix "github.com/svix/svix-webhooks/go"
 )
+
+// bytesAllocated is what f allocates on the heap, all goroutines included.
+func bytesAllocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
 
 // Secrets and a key made for these tests only.
 var (
@@ -104,12 +116,32 @@ func buildRig(t *testing.T, c rigConfig) *rig {
 	}
 	logs := &syncBuffer{}
 	logger := newLogger(logs, c.level, c.format)
-	client := newOptiPickClient(base, testAPIKey, c.level <= slog.LevelDebug, c.transport)
+	client := clientOver(base, c.level <= slog.LevelDebug, c.transport)
 	r := &rig{api: c.api, logs: logs, process: logSummary(logger), seen: newDedupe(time.Hour, 1000)}
 	process := func(ctx context.Context, d delivery, res *optimization) error { return r.process(ctx, d, res) }
-	r.handler = newServer(services{logger: logger, verifier: v, fetch: client.fetch, process: process, seen: r.seen})
+	r.handler = newServer(webhookDeps{
+		logger:   logger,
+		verifier: v,
+		seen:     r.seen,
+		fetch:    client.fetch,
+		process:  process,
+		metrics:  noMetrics{},
+	}, alwaysReady)
 	t.Cleanup(func() { assertNoSecrets(t, logs.String()) })
 	return r
+}
+
+// alwaysReady is the readiness of a service that never shuts down.
+func alwaysReady() bool { return true }
+
+// clientOver is the service's client for the API at baseURL, over
+// transport (nil: the service's own).
+func clientOver(baseURL *url.URL, keepRaw bool, transport http.RoundTripper) *optiPickClient {
+	client := newOptiPickClient(baseURL, testAPIKey, keepRaw, noMetrics{})
+	if transport != nil {
+		client.http.Transport = transport
+	}
+	return client
 }
 
 func (r *rig) deliver(req *http.Request) *httptest.ResponseRecorder {
@@ -242,7 +274,7 @@ func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	w := &streamingResponse{header: http.Header{}, body: bodyWriter, answered: make(chan struct{})}
 	go func() {
 		t.handler.ServeHTTP(w, req)
-		w.WriteHeader(http.StatusOK) // if it wrote nothing
+		w.WriteHeader(http.StatusOK)         // if it wrote nothing
 		bodyWriter.CloseWithError(ctx.Err()) // nil: the body ends
 	}()
 	select {
@@ -460,8 +492,9 @@ type bubbleServer struct {
 func startBubbleServer(t *testing.T, handler http.Handler, maxConns int) *bubbleServer {
 	t.Helper()
 	s := &bubbleServer{incoming: make(chan net.Conn, 64), closed: make(chan struct{})}
-	listener := newConnLimitListener(s, maxConns)
 	s.srv = newHTTPServer(handler, slog.New(slog.DiscardHandler))
+	listener := limitConnections(s, s.srv, maxConns) // as run does
+	limiterHook := s.srv.ConnState
 	s.srv.ConnState = func(c net.Conn, state http.ConnState) {
 		switch state {
 		case http.StateNew:
@@ -472,9 +505,10 @@ func startBubbleServer(t *testing.T, handler http.Handler, maxConns int) *bubble
 		case http.StateClosed, http.StateHijacked:
 			s.serving.Done()
 		}
-		listener.trackState(c, state)
+		if limiterHook != nil {
+			limiterHook(c, state)
+		}
 	}
-	s.srv.ConnContext = listener.connContext
 	go s.srv.Serve(listener)
 	// The bubble ends only when every goroutine has: wait for the server's
 	// (a connection that refused a request lingers before it closes).
@@ -485,7 +519,7 @@ func startBubbleServer(t *testing.T, handler http.Handler, maxConns int) *bubble
 	return s
 }
 
-// The net.Listener under the connLimitListener.
+// The net.Listener under the connection limiter.
 func (s *bubbleServer) Accept() (net.Conn, error) {
 	select {
 	case c := <-s.incoming:
@@ -505,7 +539,8 @@ func (s *bubbleServer) Addr() net.Addr { return pipeAddr{} }
 type pipeAddr struct{}
 
 func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "pipe" }
+
+func (pipeAddr) String() string { return "pipe" }
 
 // dial opens a client connection; it returns before the server accepts it.
 func (s *bubbleServer) dial(t *testing.T) net.Conn {
@@ -569,24 +604,47 @@ func runBriefly(t *testing.T, env map[string]string, args ...string) (logs strin
 	return stdout.String(), err
 }
 
-// decodeResult streams one result from r as the client does, with the
-// client's pooled resultReader.
-func decodeResult(r io.Reader, wantID string) (*optimization, error) {
-	rr := resultReaders.Get().(*resultReader)
-	defer resultReaders.Put(rr)
-	rr.reset(r, 0, false)
-	res, err := rr.decode()
-	if err == nil {
-		err = (&optiPickClient{}).checkRequestID(res.RequestID, wantID)
-	}
-	return res, err
+// service is run() started in this process, with the fake API.
+type service struct {
+	base, metricsURL string
+	lines            *logLines
+	stop             context.CancelFunc
+	done             chan error
 }
 
-// newLogger is the service's logger, as run makes it.
-func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
-	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+func startService(t *testing.T, api *fakeAPI, env map[string]string) *service {
+	t.Helper()
+	apiServer := httptest.NewServer(api)
+	t.Cleanup(apiServer.Close)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second) // nothing here may hang
+	t.Cleanup(cancel)
+	logs, logWriter := io.Pipe()
+	env = merge(map[string]string{"WEBHOOK_SECRET": testSecret, "OPTIPICK_API_KEY": testAPIKey,
+		"OPTIPICK_API_URL": apiServer.URL, "PORT": "0", "LOG_FORMAT": "json"}, env)
+	s := &service{stop: cancel, done: make(chan error, 1)}
+	go func() {
+		err := run(ctx, []string{"optipick-webhooks"}, getenvFrom(env), logWriter, io.Discard)
+		logWriter.Close()
+		s.done <- err
+	}()
+	s.lines = readLogLines(t, logs)
+	if env["METRICS_ADDR"] != "" {
+		s.metricsURL = "http://" + fmt.Sprint(s.lines.waitFor(t, "serving metrics")["addr"]) + "/metrics"
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	_, port, _ := net.SplitHostPort(fmt.Sprint(s.lines.waitFor(t, "listening")["addr"]))
+	s.base = "http://127.0.0.1:" + port
+	return s
+}
+
+func (s *service) send(t *testing.T, req *http.Request) int {
+	t.Helper()
+	target, _ := http.NewRequest(req.Method, s.base+req.URL.Path, req.Body)
+	target.Header = req.Header
+	resp, err := http.DefaultClient.Do(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
 }

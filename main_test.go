@@ -1,5 +1,8 @@
 package main
 
+// Tests of run: the whole service started in this process, its flags,
+// its start and its drain.
+
 import (
 	"context"
 	"io"
@@ -7,10 +10,80 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
+
+// TestHealthcheck: -healthcheck exits 0 only if /healthz on PORT answers 200.
+func TestHealthcheck(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		ok     bool
+	}{{200, true}, {204, false}, {301, false}, {404, false}, {503, false}} {
+		t.Run(http.StatusText(tc.status), func(t *testing.T) {
+			server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/healthz" || r.Method != http.MethodGet {
+					http.NotFound(w, r)
+					return
+				}
+				if tc.status == http.StatusMovedPermanently {
+					http.Redirect(w, r, "/elsewhere", tc.status)
+					return
+				}
+				w.WriteHeader(tc.status)
+			}))
+			defer server.Close()
+			_, port, _ := net.SplitHostPort(server.Listener.Addr().String())
+			_, err := runBriefly(t, map[string]string{"PORT": " " + port + " "}, "-healthcheck")
+			if (err == nil) != tc.ok {
+				t.Errorf("/healthz answering %d: -healthcheck returned %v, want ok=%v", tc.status, err, tc.ok)
+			}
+		})
+	}
+	t.Run("nothing listening", func(t *testing.T) {
+		listener, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(listener.Addr().String())
+		listener.Close()
+		if _, err := runBriefly(t, map[string]string{"PORT": port}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "healthcheck:") {
+			t.Errorf("-healthcheck with nothing on PORT: %v, want a healthcheck error", err)
+		}
+	})
+	t.Run("PORT not a port", func(t *testing.T) {
+		if _, err := runBriefly(t, map[string]string{"PORT": "x:y"}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "PORT:") {
+			t.Errorf("-healthcheck with PORT=x:y: %v, want a PORT error", err)
+		}
+	})
+}
+
+func TestUnknownFlagIsAUsageError(t *testing.T) {
+	if _, err := runBriefly(t, validEnv, "-verbose"); err == nil || !strings.Contains(err.Error(), "verbose") {
+		t.Fatalf("run -verbose: %v, want a usage error", err)
+	}
+}
+
+func TestVersionOf(t *testing.T) {
+	for _, tc := range []struct {
+		version string
+		info    *debug.BuildInfo
+		want    string
+	}{
+		{"", nil, "unknown"},
+		{"v1.2.3", nil, "v1.2.3"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "(devel)"},
+		{"", &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"}}, "v0.0.0-20261205080000-1a2b3c4d5e6f+dirty"},
+		{"v1.2.3", &debug.BuildInfo{Main: debug.Module{Version: "v0.4.0"}}, "v1.2.3"},
+	} {
+		if got := versionOf(tc.version, tc.info); got != tc.want {
+			t.Errorf("versionOf(%q, %v) = %q, want %q", tc.version, tc.info, got, tc.want)
+		}
+	}
+}
 
 // TestRunEndToEnd starts the whole service on a free port, delivers over
 // real TCP, then cancels it as SIGTERM would and expects a clean exit.
@@ -141,38 +214,47 @@ func TestPlainHTTPToAnotherHostIsWarnedAbout(t *testing.T) {
 	}
 }
 
-// TestTheMetricsPortHasAConnectionCap: connections to METRICS_ADDR are
-// capped like the webhook port's: past maxConnections, silent ones are
-// shed for newcomers, and a scrape still gets through.
-func TestTheMetricsPortHasAConnectionCap(t *testing.T) {
-	s := startService(t, &fakeAPI{}, nil)
-	addr := strings.TrimSuffix(strings.TrimPrefix(s.metricsURL, "http://"), "/metrics")
-	const extra = 8
-	var silent []net.Conn
-	for range maxConnections + extra {
-		conn, err := net.Dial("tcp", addr)
+// TestReadinessFollowsTheDrain: from the moment a shutdown starts, /readyz
+// answers 503 while /healthz stays 200 and in-flight deliveries finish.
+func TestReadinessFollowsTheDrain(t *testing.T) {
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(arrived) })
+		<-release
+		writeClusterResult(w, testRequestID)
+	}}
+	s := startService(t, api, map[string]string{"SHUTDOWN_DELAY": "1s"})
+	get := func(path string) int {
+		resp, err := http.Get(s.base + path)
 		if err != nil {
-			t.Fatal(err)
+			return 0
 		}
-		defer conn.Close()
-		silent = append(silent, conn)
-		time.Sleep(time.Millisecond)
+		resp.Body.Close()
+		return resp.StatusCode
 	}
-	time.Sleep(2 * shedAfter)
-	resp, err := http.Get(s.metricsURL)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("a scrape while %d silent connections are open: %v %v", len(silent), resp, err)
+	if got := get("/readyz"); got != http.StatusOK {
+		t.Fatalf("/readyz before the shutdown: %d, want 200", got)
 	}
-	resp.Body.Close()
-	closed := 0
-	for _, conn := range silent { // a shed connection reads EOF at once
-		conn.SetReadDeadline(time.Now().Add(5 * time.Millisecond))
-		if _, err := conn.Read(make([]byte, 1)); err == io.EOF {
-			closed++
-		}
+	inFlight := make(chan int, 1)
+	go func() {
+		inFlight <- s.send(t, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+	}()
+	<-arrived
+
+	s.stop() // as SIGTERM does
+	s.lines.waitFor(t, "shutting down: /readyz answers 503 while load balancers catch up")
+	if got := get("/readyz"); got != http.StatusServiceUnavailable {
+		t.Errorf("/readyz during the shutdown: %d, want 503", got)
 	}
-	// The extra ones, and one more for the scrape.
-	if want := extra + 1; closed < want {
-		t.Errorf("%d of %d silent connections were shed, want at least %d: the cap is %d", closed, len(silent), want, maxConnections)
+	if got := get("/healthz"); got != http.StatusOK {
+		t.Errorf("/healthz during the shutdown: %d, want 200 (the process is alive)", got)
+	}
+	close(release)
+	if got := <-inFlight; got != http.StatusOK {
+		t.Errorf("in-flight delivery: %d, want 200", got)
+	}
+	if err := <-s.done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,65 +1,18 @@
 package main
 
+// Tests of the Prometheus metrics.
+
 import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-// service is run() started in this process, with the fake API.
-type service struct {
-	base, metricsURL string
-	lines            *logLines
-	stop             context.CancelFunc
-	done             chan error
-}
-
-func startService(t *testing.T, api *fakeAPI, env map[string]string) *service {
-	t.Helper()
-	apiServer := httptest.NewServer(api)
-	t.Cleanup(apiServer.Close)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second) // nothing here may hang
-	t.Cleanup(cancel)
-	logs, logWriter := io.Pipe()
-	env = merge(map[string]string{"WEBHOOK_SECRET": testSecret, "OPTIPICK_API_KEY": testAPIKey,
-		"OPTIPICK_API_URL": apiServer.URL, "PORT": "0", "LOG_FORMAT": "json", "METRICS_ADDR": "127.0.0.1:0"}, env)
-	s := &service{stop: cancel, done: make(chan error, 1)}
-	go func() {
-		err := run(ctx, []string{"optipick-webhooks"}, getenvFrom(env), logWriter, io.Discard)
-		logWriter.Close()
-		s.done <- err
-	}()
-	s.lines = readLogLines(t, logs)
-	if env["METRICS_ADDR"] != "" {
-		s.metricsURL = "http://" + fmt.Sprint(s.lines.waitFor(t, "serving metrics")["addr"]) + "/metrics"
-	}
-	_, port, _ := net.SplitHostPort(fmt.Sprint(s.lines.waitFor(t, "listening")["addr"]))
-	s.base = "http://127.0.0.1:" + port
-	return s
-}
-
-func (s *service) send(t *testing.T, req *http.Request) int {
-	t.Helper()
-	target, _ := http.NewRequest(req.Method, s.base+req.URL.Path, req.Body)
-	target.Header = req.Header
-	resp, err := http.DefaultClient.Do(target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
-}
 
 // scrape reads the metrics, as name{labels} → value.
 func scrape(t *testing.T, url string) map[string]string {
@@ -90,7 +43,7 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 		}
 		writeClusterResult(w, r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:])
 	}}
-	s := startService(t, api, nil)
+	s := startService(t, api, withMetrics)
 
 	repeated := signedDeliveryAt(t, testSecret, "/webhook/cluster", requestBody(testRequestID), "msg_twice", time.Now())
 	again := signedDeliveryAt(t, testSecret, "/webhook/cluster", requestBody(testRequestID), "msg_twice", time.Now())
@@ -155,51 +108,6 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 	}
 }
 
-// TestReadinessFollowsTheDrain: from the moment a shutdown starts, /readyz
-// answers 503 while /healthz stays 200 and in-flight deliveries finish.
-func TestReadinessFollowsTheDrain(t *testing.T) {
-	arrived, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
-		once.Do(func() { close(arrived) })
-		<-release
-		writeClusterResult(w, testRequestID)
-	}}
-	s := startService(t, api, map[string]string{"SHUTDOWN_DELAY": "1s", "METRICS_ADDR": ""})
-	get := func(path string) int {
-		resp, err := http.Get(s.base + path)
-		if err != nil {
-			return 0
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
-	if got := get("/readyz"); got != http.StatusOK {
-		t.Fatalf("/readyz before the shutdown: %d, want 200", got)
-	}
-	inFlight := make(chan int, 1)
-	go func() {
-		inFlight <- s.send(t, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
-	}()
-	<-arrived
-
-	s.stop() // as SIGTERM does
-	s.lines.waitFor(t, "shutting down: /readyz answers 503 while load balancers catch up")
-	if got := get("/readyz"); got != http.StatusServiceUnavailable {
-		t.Errorf("/readyz during the shutdown: %d, want 503", got)
-	}
-	if got := get("/healthz"); got != http.StatusOK {
-		t.Errorf("/healthz during the shutdown: %d, want 200 (the process is alive)", got)
-	}
-	close(release)
-	if got := <-inFlight; got != http.StatusOK {
-		t.Errorf("in-flight delivery: %d, want 200", got)
-	}
-	if err := <-s.done; err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestAPICallsAreCountedByStatusClass: every status lands in its class;
 // no answer, or one outside 200-599, is an error.
 func TestAPICallsAreCountedByStatusClass(t *testing.T) {
@@ -235,7 +143,7 @@ func TestFailedProcessingIsCountedAsSuch(t *testing.T) {
 		}
 		panic("a bug in the processor")
 	}
-	handler := newServer(services{logger: slog.New(slog.DiscardHandler), verifier: v, fetch: fetch, process: process, seen: newDedupe(time.Hour, 10), rec: m})
+	handler := newServer(webhookDeps{logger: slog.New(slog.DiscardHandler), verifier: v, fetch: fetch, process: process, seen: newDedupe(time.Hour, 10), metrics: m}, alwaysReady)
 	for range 2 {
 		resp := httptest.NewRecorder()
 		handler.ServeHTTP(resp, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
@@ -252,3 +160,6 @@ func TestFailedProcessingIsCountedAsSuch(t *testing.T) {
 		}
 	}
 }
+
+// withMetrics is the environment of a service that serves metrics.
+var withMetrics = map[string]string{"METRICS_ADDR": "127.0.0.1:0"}

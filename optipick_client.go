@@ -11,15 +11,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode"
-
-	"github.com/go-json-experiment/json"
-	"github.com/go-json-experiment/json/jsontext"
 )
 
 const (
@@ -28,18 +23,18 @@ const (
 	maxConcurrentFetches = 64
 	// A fetch makes at most maxAttempts calls, waiting about firstBackoff
 	// before the first retry, twice as long each time, at most maxBackoff.
-	maxAttempts, firstBackoff, maxBackoff = 5, 200 * time.Millisecond, 2 * time.Second
+	maxAttempts  = 5
+	firstBackoff = 200 * time.Millisecond
+	maxBackoff   = 2 * time.Second
 	// A hung call is given up early enough to leave time for another.
 	responseHeaderTimeout = 5 * time.Second
 	// OptiPick answers with a few hundred bytes of headers; Go's default
 	// allows 10 MiB, times every fetch in flight.
 	maxResponseHeaderBytes = 64 << 10
-	// Results (thousands of picks are a few MiB) are streamed, read up to
-	// maxResultBytes decompressed. The decoder holds a whole token (a
-	// string, a number, white space): maxTokenBytes bounds its memory.
-	maxResultBytes, maxTokenBytes = 32 << 20, 64 << 10
 	// How much of an unexpected answer, a site_name and an error is logged.
-	maxExcerptBytes, maxSiteNameBytes, maxErrorBytes = 256, 200, 500
+	maxExcerptBytes  = 256
+	maxSiteNameBytes = 200
+	maxErrorBytes    = 500
 )
 
 // kind is the kind of an optimization, and its path segment in the API.
@@ -50,6 +45,9 @@ const (
 	kindRoute   kind = "route"
 )
 
+// kinds are all the kinds.
+var kinds = []kind{kindCluster, kindRoute}
+
 // unavailableError means "come back later": a delivery that fails with it
 // is answered 503.
 type unavailableError string
@@ -57,92 +55,55 @@ type unavailableError string
 func (e unavailableError) Error() string   { return string(e) }
 func (e unavailableError) HTTPStatus() int { return http.StatusServiceUnavailable }
 
-const (
+var (
 	errBusy       = unavailableError("too many OptiPick API calls in flight")
 	errRetryLater = unavailableError("OptiPick API asked to retry later than this delivery's deadline")
 )
 
-// optimization is what the service reads of an OptiPick result. To read
-// another field, add it with its tag: WaveID string `json:"wave_id"`.
-// Unknown fields are skipped; one sent as another type is left zero.
-type optimization struct {
-	RequestID       string  `json:"request_id"`
-	SiteName        string  `json:"site_name"`
-	ComputationTime float64 `json:"computation_time"` // seconds
-	Error           failure `json:"error"`            // set when the optimization itself failed
-	AsisDistance    float64 `json:"asis_distance"`
-	OptimalDistance float64 `json:"optimal_distance"`
-	OptimalClusters count   `json:"optimal_clusters"` // to keep the clusters, make it a []struct{...}
-	Picks           count   `json:"picks"`
-	Raw             []byte  `json:"-"` // the whole result, with KEEP_RESULT_JSON or LOG_LEVEL=debug
-}
-
-// failure is OptiPick's message for a failed optimization (null if none).
-type failure string
-
-func (f *failure) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
-	if k := dec.PeekKind(); k == '{' || k == '[' { // not a message: say so, without holding it
-		*f = "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)"
-		return dec.SkipValue()
-	}
-	tok, err := dec.ReadToken() // one token, held within maxTokenBytes
-	if tok.Kind() != 'n' {
-		*f = failure(strings.TrimSpace(tok.String()))
-	}
-	return err
-}
-
-// count is how many elements an array has, read without keeping them.
-type count int
-
-func (n *count) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
-	if dec.PeekKind() != '[' {
-		return dec.SkipValue()
-	}
-	_, err := dec.ReadToken()
-	for ; err == nil && dec.PeekKind() != ']'; *n++ {
-		err = dec.SkipValue()
-	}
-	if err == nil {
-		_, err = dec.ReadToken()
-	}
-	return err
-}
-
 // optiPickClient fetches finished optimizations from the OptiPick API.
 type optiPickClient struct {
-	optimizeURL, shownURL string // {base}/optimize, and as logs show it: password redacted
-	apiKey                string
-	keepRaw               bool // keep each result's JSON in optimization.Raw
-	header                http.Header
-	http                  *http.Client
-	slots                 chan struct{} // one per API call in flight
-	rec                   recorder      // nil: none
+	optimizeURL string // {base}/optimize
+	shownURL    string // the same, as logs show it: password redacted
+	apiKey      string
+	keepRaw     bool // keep each result's JSON in optimization.Raw
+	http        *http.Client
+	slots       chan struct{} // one per API call in flight
+	metrics     recorder
 }
 
-// newOptiPickClient returns a client for the API at baseURL; a nil
-// transport is one sized and timed for this service.
-func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, transport http.RoundTripper) *optiPickClient {
-	if transport == nil {
-		transport = &http.Transport{
-			Proxy:                  http.ProxyFromEnvironment,
-			DialContext:            (&net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			ForceAttemptHTTP2:      true,
-			TLSHandshakeTimeout:    3 * time.Second,
-			ResponseHeaderTimeout:  responseHeaderTimeout,
-			MaxResponseHeaderBytes: maxResponseHeaderBytes,
-			MaxConnsPerHost:        maxConcurrentFetches,
-			MaxIdleConnsPerHost:    maxConcurrentFetches,
-			IdleConnTimeout:        90 * time.Second,
-		}
-	}
+// newOptiPickClient returns a client for the API at baseURL.
+func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, metrics recorder) *optiPickClient {
 	optimize := baseURL.JoinPath("optimize")
-	return &optiPickClient{optimizeURL: optimize.String(), shownURL: optimize.Redacted(), apiKey: apiKey, keepRaw: keepRaw,
-		header: http.Header{"X-Api-Key": {apiKey}, "Accept": {"application/json"}, "User-Agent": {"optipick-webhooks"}},
-		// The key goes to the configured API only: a redirect is a failed
-		// fetch. Deadlines come from each call's ctx.
-		http:  &http.Client{Transport: transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
-		slots: make(chan struct{}, maxConcurrentFetches),
+	return &optiPickClient{
+		optimizeURL: optimize.String(),
+		shownURL:    optimize.Redacted(),
+		apiKey:      apiKey,
+		keepRaw:     keepRaw,
+		http: &http.Client{
+			Transport: newAPITransport(),
+			// The key goes to the configured API only: a redirect is a
+			// failed fetch. Deadlines come from each call's ctx.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		slots:   make(chan struct{}, maxConcurrentFetches),
+		metrics: metrics,
+	}
+}
+
+// newAPITransport is the outbound transport, sized and timed for this
+// service.
+func newAPITransport() *http.Transport {
+	dialer := &net.Dialer{Timeout: 3 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                  http.ProxyFromEnvironment,
+		DialContext:            dialer.DialContext,
+		ForceAttemptHTTP2:      true,
+		TLSHandshakeTimeout:    3 * time.Second,
+		ResponseHeaderTimeout:  responseHeaderTimeout,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		MaxConnsPerHost:        maxConcurrentFetches,
+		MaxIdleConnsPerHost:    maxConcurrentFetches,
+		IdleConnTimeout:        90 * time.Second,
 	}
 }
 
@@ -159,28 +120,12 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 	for attempt := 1; ; attempt++ {
 		res, err := c.get(ctx, target, requestID)
 		if err == nil {
-			// Redacted before they are cut, so that no cut hides part of a key.
-			res.SiteName = excerpt(c.redact(res.SiteName), maxSiteNameBytes)
-			res.Error = failure(excerpt(c.redact(string(res.Error)), maxErrorBytes))
-			if c.apiKey != "" && bytes.Contains(res.Raw, []byte(c.apiKey)) { // copies only then
-				res.Raw = bytes.ReplaceAll(res.Raw, []byte(c.apiKey), []byte("[API key]"))
-			}
+			c.redactResult(res)
 			return res, nil
 		}
-		if attempt == maxAttempts || !retryable(ctx, err) {
-			return nil, err
-		}
-		wait, apiErr := backoff(attempt), (*apiError)(nil)
-		asked := errors.As(err, &apiErr) && apiErr.RetryAfter > 0
-		if asked {
-			wait = apiErr.RetryAfter
-		}
-		// A retry must leave a second for its call before the deadline.
-		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= wait+time.Second {
-			if asked {
-				err = fmt.Errorf("%w (%v): %w", errRetryLater, wait, err)
-			}
-			return nil, err
+		wait, giveUp := retryWait(ctx, attempt, err)
+		if giveUp != nil {
+			return nil, giveUp
 		}
 		select {
 		case <-ctx.Done():
@@ -188,6 +133,28 @@ func (c *optiPickClient) fetch(ctx context.Context, k kind, requestID string) (*
 		case <-time.After(wait):
 		}
 	}
+}
+
+// retryWait is how long to wait before retrying after attempt failed with
+// err, or the error to give up with. A retry must leave a second for its
+// call before ctx's deadline.
+func retryWait(ctx context.Context, attempt int, err error) (time.Duration, error) {
+	if attempt == maxAttempts || !retryable(ctx, err) {
+		return 0, err
+	}
+	wait := backoff(attempt)
+	var apiErr *apiError
+	asked := errors.As(err, &apiErr) && apiErr.RetryAfter > 0
+	if asked {
+		wait = apiErr.RetryAfter
+	}
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) <= wait+time.Second {
+		if asked {
+			return 0, fmt.Errorf("%w (%v): %w", errRetryLater, wait, err)
+		}
+		return 0, err
+	}
+	return wait, nil
 }
 
 // get makes one API call.
@@ -202,153 +169,44 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	if err != nil {
 		return nil, err
 	}
-	req.Header = c.header.Clone()
-	start, status := time.Now(), 0
-	if c.rec != nil {
-		defer func() { c.rec.apiCalled(status, time.Since(start)) }()
-	}
+	req.Header.Set("X-API-KEY", c.apiKey)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "optipick-webhooks")
+
+	status := 0 // no answer
+	start := time.Now()
+	defer func() { c.metrics.apiCalled(status, time.Since(start)) }()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
 	status = resp.StatusCode
-	shown := c.shownURL + strings.TrimPrefix(target, c.optimizeURL)
-	headMax := maxExcerptBytes + len(c.apiKey) // an excerpt, and a key that starts in it
-	if resp.StatusCode != http.StatusOK {
-		head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(headMax)))
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // so that the connection is reused
-		return nil, &apiError{Status: resp.StatusCode, URL: shown, Excerpt: excerpt(c.redact(string(head)), maxExcerptBytes),
-			RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
-	}
 
-	rr := resultReaders.Get().(*resultReader)
-	defer resultReaders.Put(rr)
-	rr.reset(resp.Body, headMax, c.keepRaw)
-	defer rr.reset(nil, 0, false) // holds neither the body nor the result
+	shown := c.shownURL + strings.TrimPrefix(target, c.optimizeURL)
+	if resp.StatusCode != http.StatusOK {
+		return nil, c.answerError(resp, shown)
+	}
+	return c.readResult(resp.Body, requestID, shown)
+}
+
+// readResult reads the result a 200 carries, and checks that it is the one
+// asked for.
+func (c *optiPickClient) readResult(body io.Reader, requestID, shown string) (*optimization, error) {
+	// The start of the body is kept for errors: an excerpt, and a key that
+	// starts in it (redacted before the excerpt is cut).
+	rr := newResultReader(body, maxExcerptBytes+len(c.apiKey), c.keepRaw)
 	res, err := rr.decode()
 	if err == nil {
 		err = c.checkRequestID(res.RequestID, requestID)
 	}
 	switch {
-	case rr.read > maxResultBytes:
-		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads", shown, maxResultBytes)
+	case errors.Is(err, errResultTooLarge):
+		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads",
+			shown, maxResultBytes)
 	case err != nil:
-		io.CopyN(io.Discard, rr, int64(headMax-len(rr.head))) // the excerpt shows the body's start
 		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)",
-			shown, err, excerpt(c.redact(string(rr.head)), maxExcerptBytes))
-	case rr.raw != nil:
-		res.Raw = rr.raw.Bytes()
-	}
-	return res, nil
-}
-
-// resultReader is what a result is decoded from: it stops a result at
-// maxResultBytes and a token at maxTokenBytes, and keeps the first headMax
-// bytes for an error's excerpt (all with keepRaw). It is pooled with its
-// decoder, which keeps its buffers.
-type resultReader struct {
-	body    io.Reader
-	dec     *jsontext.Decoder // reads from this resultReader
-	read    int64
-	head    []byte
-	headMax int
-	raw     *bytes.Buffer
-}
-
-var resultReaders = sync.Pool{New: func() any {
-	rr := &resultReader{}
-	rr.dec = jsontext.NewDecoder(rr)
-	return rr
-}}
-
-func (rr *resultReader) reset(body io.Reader, headMax int, keepRaw bool) {
-	rr.body, rr.read, rr.head, rr.headMax, rr.raw = body, 0, rr.head[:0], headMax, nil
-	if keepRaw {
-		rr.raw = &bytes.Buffer{}
-	}
-	// Looking for duplicate names would double the decoding's cost; decode
-	// refuses the one that matters.
-	rr.dec.Reset(rr, jsontext.AllowDuplicateNames(true))
-}
-
-// Read is the decoder's read. The decoder reads more only when the token
-// it reads does not end in what it holds, so what it has read and not
-// consumed is that token: past maxTokenBytes, Read refuses to go on. A
-// read is at most a quarter of that, and stops one byte past maxResultBytes.
-func (rr *resultReader) Read(p []byte) (int, error) {
-	if rr.read-rr.dec.InputOffset() > maxTokenBytes {
-		return 0, errTokenTooLong
-	}
-	if rr.read > maxResultBytes {
-		return 0, errResultTooLarge
-	}
-	n, err := rr.body.Read(p[:min(len(p), maxTokenBytes/4, int(maxResultBytes+1-rr.read))])
-	rr.read += int64(n)
-	rr.head = append(rr.head, p[:min(max(rr.headMax-len(rr.head), 0), n)]...)
-	if rr.raw != nil {
-		rr.raw.Write(p[:n])
-	}
-	return n, err
-}
-
-var (
-	errTokenTooLong   = fmt.Errorf("a JSON token over %d bytes", maxTokenBytes)
-	errResultTooLarge = fmt.Errorf("a result over %d bytes", maxResultBytes)
-)
-
-// resultFields are optimization's fields by their tags' names.
-var resultFields = func() map[string]int {
-	fields, t := map[string]int{}, reflect.TypeFor[optimization]()
-	for i := range t.NumField() { // its own fields: not those of an embedded struct
-		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); t.Field(i).IsExported() && name != "" && name != "-" {
-			fields[name] = i
-		}
-	}
-	return fields
-}()
-
-// decode reads one result, refusing what cannot be one: not a JSON object,
-// trailing data, a request_id given twice. Its errors hold no text from the
-// result. It reads the object's members one by one (json.Unmarshal would
-// match each unknown name case-insensitively too, at twice the cost).
-func (rr *resultReader) decode() (*optimization, error) {
-	res, dec, sawID := &optimization{}, rr.dec, false
-	fields := reflect.ValueOf(res).Elem()
-	if tok, err := dec.ReadToken(); err != nil {
-		return nil, fmt.Errorf("not JSON: %w", err)
-	} else if tok.Kind() != '{' {
-		return nil, errors.New("not a JSON object")
-	}
-	for dec.PeekKind() != '}' {
-		quoted, err := dec.ReadValue()
-		if err != nil {
-			return nil, withoutPointer(err)
-		}
-		name := quoted[1 : len(quoted)-1]
-		if bytes.IndexByte(name, '\\') >= 0 { // an escaped name: rare
-			name, _ = jsontext.AppendUnquote(nil, quoted)
-		}
-		i, known := resultFields[string(name)]
-		if string(name) == "request_id" {
-			if sawID {
-				return nil, errors.New("request_id given twice")
-			}
-			sawID = true
-		}
-		if !known {
-			err = dec.SkipValue()
-		} else {
-			err = readField(dec, fields.Field(i).Addr().Interface())
-		}
-		if err != nil {
-			return nil, withoutPointer(err)
-		}
-	}
-	if _, err := dec.ReadToken(); err != nil { // }
-		return nil, withoutPointer(err)
-	} else if _, err := dec.ReadToken(); err != io.EOF {
-		return nil, errors.New("data after the JSON object")
+			shown, err, excerpt(c.redact(rr.readStart()), maxExcerptBytes))
 	}
 	return res, nil
 }
@@ -366,46 +224,28 @@ func (c *optiPickClient) checkRequestID(id, wantID string) error {
 	return nil
 }
 
-// readField reads a value into field, a pointer: a value of another type
-// leaves it zero. Strings, numbers and the UnmarshalerFrom types are read
-// directly; json.UnmarshalDecode, through reflection, costs more.
-func readField(dec *jsontext.Decoder, field any) error {
-	switch p := field.(type) {
-	case json.UnmarshalerFrom:
-		return p.UnmarshalJSONFrom(dec)
-	case *string, *float64:
-		if k := dec.PeekKind(); k == '{' || k == '[' {
-			return dec.SkipValue()
-		}
-		tok, err := dec.ReadToken()
-		switch v := p.(type) {
-		case *string:
-			if tok.Kind() == '"' {
-				*v = tok.String()
-			}
-		case *float64:
-			if tok.Kind() == '0' {
-				if f, rangeErr := tok.Float(); rangeErr == nil { // out of range: left zero
-					*v = f
-				}
-			}
-		}
-		return err
+// answerError is the error for an answer other than 200. It reads an
+// excerpt of the body, and a little more, so that the connection is
+// reused.
+func (c *optiPickClient) answerError(resp *http.Response, shown string) error {
+	head, _ := io.ReadAll(io.LimitReader(resp.Body, int64(maxExcerptBytes+len(c.apiKey))))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return &apiError{
+		Status:     resp.StatusCode,
+		URL:        shown,
+		Excerpt:    excerpt(c.redact(string(head)), maxExcerptBytes),
+		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 	}
-	if err := json.UnmarshalDecode(dec, field); !errors.As(err, new(*json.SemanticError)) {
-		return err
-	}
-	return nil
 }
 
-// withoutPointer drops a syntax error's JSON pointer: it is made of the
-// result's names, which an API could fill with the key, cut where
-// redaction cannot see it.
-func withoutPointer(err error) error {
-	if se := (*jsontext.SyntacticError)(nil); errors.As(err, &se) {
-		se.JSONPointer = ""
+// redactResult removes the API key from what will be logged or processed,
+// then cuts the strings logged to their bounds.
+func (c *optiPickClient) redactResult(res *optimization) {
+	res.SiteName = excerpt(c.redact(res.SiteName), maxSiteNameBytes)
+	res.Error = errorMessage(excerpt(c.redact(string(res.Error)), maxErrorBytes))
+	if c.apiKey != "" && bytes.Contains(res.Raw, []byte(c.apiKey)) {
+		res.Raw = bytes.ReplaceAll(res.Raw, []byte(c.apiKey), []byte("[API key]"))
 	}
-	return err
 }
 
 // redact replaces the API key in text that came from the API.
@@ -419,14 +259,16 @@ func (c *optiPickClient) redact(text string) string {
 // excerpt is at most max bytes of s, as valid UTF-8 without control or
 // bidirectional-text characters, so that it reads the same in any log.
 func excerpt(s string, max int) string {
+	s = strings.ToValidUTF8(s[:min(len(s), max)], "\uFFFD")
 	return strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' || r == '\t' {
+		switch {
+		case r == '\n' || r == '\r' || r == '\t':
 			return ' '
-		} else if !unicode.IsPrint(r) {
+		case !unicode.IsPrint(r):
 			return '\uFFFD'
 		}
 		return r
-	}, strings.ToValidUTF8(s[:min(len(s), max)], "\uFFFD"))
+	}, s)
 }
 
 // apiError is an API answer other than 200.
@@ -443,7 +285,8 @@ func (e *apiError) Error() string {
 	case e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden:
 		msg += " (the API key was rejected: check OPTIPICK_API_KEY; keys can expire)"
 	case e.Status == http.StatusNotFound || e.Status == http.StatusUnprocessableEntity:
-		msg += " for " + e.URL + " (is the request_id unknown or unfinished, or does OPTIPICK_API_URL point at another service?)"
+		msg += " for " + e.URL +
+			" (is the request_id unknown or unfinished, or does OPTIPICK_API_URL point at another service?)"
 	case e.Status >= 300 && e.Status < 400:
 		msg += " (a redirect, not followed: the API key goes only to OPTIPICK_API_URL; check it)"
 	}

@@ -1,27 +1,266 @@
 package main
 
+// Tests of the API client: retries, deadlines, bounds on what the API
+// sends, and what it refuses as not this result.
+
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
-	"testing/iotest"
 	"testing/synctest"
 	"time"
 )
+
+// TestSlowAPIBoundsCallsInFlight: with an API slower than deliveries
+// arrive, calls in flight stay bounded and the excess gets 503 within the
+// deadline instead of piling up.
+func TestSlowAPIBoundsCallsInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 300
+		var inFlight, peak, calls atomic.Int32
+		api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
+			calls.Add(1)
+			select {
+			case <-time.After(4 * time.Second):
+				writeClusterResult(w, path.Base(r.URL.Path))
+			case <-r.Context().Done():
+			}
+		}}
+		// Count calls in flight where the client sees them.
+		counting := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			now := inFlight.Add(1)
+			defer inFlight.Add(-1)
+			for p := peak.Load(); now > p && !peak.CompareAndSwap(p, now); p = peak.Load() {
+			}
+			return handlerTransport{api}.RoundTrip(req)
+		})
+		rig := newRigWith(t, api, "http://optipick.test", counting, []string{testSecret})
+		codes := make([]int, n)
+		took := make([]time.Duration, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(fmt.Sprintf("id%d", i)))
+			wg.Go(func() {
+				start := time.Now()
+				codes[i] = rig.deliver(req).Code
+				took[i] = time.Since(start)
+			})
+		}
+		wg.Wait()
+
+		count := map[int]int{}
+		for i, code := range codes {
+			count[code]++
+			if took[i] > deliveryDeadline {
+				t.Errorf("delivery %d answered after %v, past the %v deadline", i, took[i], deliveryDeadline)
+			}
+		}
+		if p := peak.Load(); p > maxConcurrentFetches {
+			t.Errorf("peak API calls in flight = %d, want at most %d", p, maxConcurrentFetches)
+		}
+		// 504: got a slot, but the API did not answer before the deadline.
+		if count[200]+count[503]+count[504] != n || count[503] == 0 || count[200] < maxConcurrentFetches {
+			t.Errorf("answers %v: want 200s, 503s and maybe 504s", count)
+		}
+		// Each id is fetched at most once; every 200 was fetched; a 504 may
+		// have had no call (its slot came free just as its deadline passed).
+		perPath := map[string]int{}
+		for _, call := range api.recorded() {
+			if perPath[call.Path]++; perPath[call.Path] > 1 {
+				t.Errorf("%s fetched more than once", call.Path)
+			}
+		}
+		if n := int(calls.Load()); n < count[200] || n > count[200]+count[504] {
+			t.Errorf("%d API calls for %d answers of 200 and %d of 504", n, count[200], count[504])
+		}
+	})
+}
+
+// TestAnAnswerThatIsNotThisResultIsAFailedFetch: a redirect (never
+// followed: the key goes nowhere else) or a 200 that is not this result is
+// answered 502, logged at ERROR with why, and not remembered, so that
+// Svix's retry is fetched again.
+func TestAnAnswerThatIsNotThisResultIsAFailedFetch(t *testing.T) {
+	elsewhere := &fakeAPI{}
+	other := httptest.NewServer(elsewhere)
+	defer other.Close()
+	text := func(body string) func(w http.ResponseWriter, r *http.Request) {
+		return func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }
+	}
+	for _, tc := range []struct {
+		name   string
+		answer func(w http.ResponseWriter, r *http.Request)
+		why    string
+	}{
+		{"redirect to another host", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
+		}, "307 Temporary Redirect (a redirect, not followed"},
+		{"gateway error message", text(`{"message":"Internal server error"}`), "not with this result: no request_id"},
+		{"null", text(`null`), "not a JSON object"},
+		{"array", text(`[]`), "not a JSON object"},
+		{"another result", text(`{"request_id":"674f5c1e2b8a4d0012ab0000","site_name":"Elsewhere"}`), "request_id is 674f5c1e2b8a4d0012ab0000, not " + testRequestID},
+		{"a request_id that is not an id", text(`{"request_id":"` + strings.Repeat("x ", 5000) + `"}`), "request_id is not " + testRequestID + ", nor an id (10000 bytes)"},
+		{"request_id of another type", text(`{"request_id":7}`), "not with this result: no request_id"},
+		{"request_id empty, then given", text(`{"request_id":"","request_id":"` + testRequestID + `"}`), "a name given twice"},
+		{"request_id twice", text(`{"request_id":"` + testRequestID + `","request_id":"other"}`), "a name given twice"},
+		{"data after the result", text(`{"request_id":"` + testRequestID + `"} {}`), "data after the JSON object"},
+		{"truncated", text(`{"request_id":"` + testRequestID + `","picks":[`), "EOF"},
+		{"HTML", text(`<html>502 Bad Gateway</html>`), "not with this result: not JSON"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			var mu sync.Mutex
+			broken := true
+			rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				if broken {
+					tc.answer(w, r)
+					return
+				}
+				writeClusterResult(w, testRequestID)
+			}
+			body := requestBody(testRequestID)
+			resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_not_this", time.Now()))
+			if resp.Code != http.StatusBadGateway {
+				t.Fatalf("status %d, want 502", resp.Code)
+			}
+			logs := rig.logs.String()
+			if !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, tc.why) || strings.Contains(logs, "optimization fetched") {
+				t.Errorf("log lacks an ERROR saying %q, or says fetched:\n%s", tc.why, logs)
+			}
+			elsewhere.assertCalls(t, nil)
+
+			mu.Lock()
+			broken = false
+			mu.Unlock()
+			rig.svixRetriesLater()
+			resp = rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_not_this", time.Now()))
+			if resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" {
+				t.Fatalf("Svix's retry: %d %q, want 200 fetched (the failure must not be remembered)", resp.Code, resp.Body)
+			}
+		})
+	}
+}
+
+func TestTheKeyIsRedactedFromEveryExcerpt(t *testing.T) {
+	for _, status := range []int{200, 403, 500} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rig := newBubbleRig(t, testSecret)
+				rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+					// A proxy that echoes the request, key included, near the
+					// excerpt's end, so that a short read window would cut it.
+					w.WriteHeader(status)
+					fmt.Fprintf(w, "%sX-Api-Key: %s\r\n", strings.Repeat("-", maxExcerptBytes-20), r.Header.Get("X-API-KEY"))
+				}
+				if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code < 500 {
+					t.Fatalf("status %d, want 5xx", resp.Code)
+				}
+				// assertNoSecrets runs at cleanup; the marker shows the excerpt was logged.
+				if logs := rig.logs.String(); !strings.Contains(logs, "X-Api-Key: [API ke") {
+					t.Errorf("log lacks the redacted excerpt:\n%s", logs)
+				}
+			})
+		})
+	}
+}
+
+// TestAnAPIEchoingTheKeyNeverPutsItInTheLogs: whatever part of its answer
+// the API (or a proxy) fills with the key, the logs show "[API key]".
+func TestAnAPIEchoingTheKeyNeverPutsItInTheLogs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer string // %[1]s is the key, %[2]s the request_id
+	}{
+		{"as the request_id", `{"request_id":%[1]q}`},
+		{"in a name of a broken result", `{"request_id":%[2]q,%[1]q:tru}`},
+		{"in the site and the error of a result", `{"request_id":%[2]q,"site_name":"site of %[1]s","error":"no key %[1]s"}`},
+		{"in a string too long to read", `{"request_id":%[2]q,"x":"%[1]s` + strings.Repeat("k", maxTokenBytes) + `"}`},
+		{"in an answer that is not JSON", `not json %[1]s`},
+		{"in a 200 that is not the result", `{"message":"bad key %[1]s"}`},
+		// Where a field is cut for the log, the key straddling the cut
+		// (15 of its bytes before it).
+		{"across the cut of a long site name", `{"request_id":%[2]q,"site_name":"` + strings.Repeat("a", maxSiteNameBytes-15) + `%[1]s"}`},
+		{"across the cut of a long error", `{"request_id":%[2]q,"error":"` + strings.Repeat("a", maxErrorBytes-15) + `%[1]s"}`},
+		{"in a long request_id", `{"request_id":"` + strings.Repeat("a", 49) + `%[1]s"}`},
+		{"in a request_id that is not an id", `{"request_id":"` + strings.Repeat("a", 48) + ` %[1]s"}`},
+		// jsontext's syntax errors say where they are by the object names,
+		// cut to 100 bytes keeping the start and the end.
+		{"in the names around a syntax error", `{"request_id":%[2]q,"` + strings.Repeat("a", 35) + `%[1]s":{"%[1]s` + strings.Repeat("a", 35) + `":nonsense}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newRig(t, testSecret)
+			rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, tc.answer, r.Header.Get("X-API-KEY"), testRequestID)
+			}
+			rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+			// assertNoSecrets runs at cleanup; this shows the key was there to leak.
+			if logs := rig.logs.String(); !strings.Contains(logs, "[API key]") {
+				t.Errorf("log lacks the redacted key:\n%s", logs)
+			}
+		})
+	}
+}
+
+// TestURLCredentialsNeverReachTheLogs: a user and password in
+// OPTIPICK_API_URL are sent to the API, and redacted wherever the URL is
+// logged.
+func TestURLCredentialsNeverReachTheLogs(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(w http.ResponseWriter, r *http.Request)
+	}{
+		{"404", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) }},
+		{"500", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusInternalServerError) }},
+		{"200 that is not this result", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"message":"x"}`) }},
+	} {
+		for _, secret := range []struct{ inURL, password string }{
+			{"pa55word", "pa55word"},
+			{"p%40ss%2Fw0rd", "p@ss/w0rd"}, // percent-encoded in the URL
+		} {
+			t.Run(tc.name+"/"+secret.inURL, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					api := &fakeAPI{}
+					var user, password string
+					api.respond = func(w http.ResponseWriter, r *http.Request) {
+						user, password, _ = r.BasicAuth()
+						tc.answer(w, r)
+					}
+					rig := buildRig(t, rigConfig{api: api, apiURL: "http://svc:" + secret.inURL + "@optipick.test/latest/", transport: handlerTransport{api},
+						secrets: []string{testSecret}, level: slog.LevelDebug, format: "text"})
+					if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusBadGateway {
+						t.Fatalf("status %d, want 502", resp.Code)
+					}
+					if user != "svc" || password != secret.password {
+						t.Errorf("the API got user %q password %q", user, password)
+					}
+					logs := rig.logs.String()
+					if strings.Contains(logs, secret.password) || strings.Contains(logs, secret.inURL) || !strings.Contains(logs, "Svix will retry") {
+						t.Errorf("logs hold the password, or lack the failure:\n%s", logs)
+					}
+				})
+			})
+		}
+	}
+}
 
 // newBubbleClient is a client whose API is handler, in memory.
 func newBubbleClient(t *testing.T, handler http.HandlerFunc) *optiPickClient {
 	t.Helper()
 	base, _ := url.Parse("http://optipick.test")
-	return newOptiPickClient(base, testAPIKey, true, handlerTransport{handler})
+	return clientOver(base, true, handlerTransport{handler})
 }
 
 func TestFetchRetries(t *testing.T) {
@@ -91,7 +330,7 @@ func TestFetchRetriesNetworkErrors(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var calls atomic.Int32
 		base, _ := url.Parse("http://optipick.test")
-		client := newOptiPickClient(base, testAPIKey, true, roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		client := clientOver(base, true, roundTripFunc(func(req *http.Request) (*http.Response, error) {
 			if calls.Add(1) == 1 {
 				return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
 			}
@@ -206,49 +445,6 @@ func FuzzOptimizationURL(f *testing.F) {
 	})
 }
 
-func TestResultDecodingIsLenient(t *testing.T) {
-	for _, tc := range []struct {
-		name, body   string
-		wantErr      bool
-		wantSite     string
-		wantFailure  string
-		wantClusters int
-	}{
-		{"zone-less timestamp and unknown fields", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","timestamp":"2024-12-04T16:52:49.303000","new_field":{"x":1},"optimal_clusters":[{},{},{}]}`, false, "Example", "", 3},
-		{"a field of another type", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"Example","computation_time":"fast","optimal_clusters":[{}]}`, false, "Example", "", 1},
-		{"fields of other types, and a number out of range", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":{"x":["y"]},"asis_distance":1e999,"optimal_distance":[1],"error":null,"picks":{},"optimal_clusters":[{}]}`, false, "", "", 1},
-		{"error as a string", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
-		{"error as an object", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":{"code":7}}`, false, "S", "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)", 0},
-		{"error as an array", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":["x"]}`, false, "S", "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)", 0},
-		{"error as a number", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":7}`, false, "S", "7", 0},
-		{"clusters that are not objects are still counted", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","optimal_clusters":["a",[1],null]}`, false, "S", "", 3},
-		{"not JSON", `<html>`, true, "", "", 0},
-		{"truncated", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S"`, true, "", "", 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, tc.body) })
-				result, err := client.fetch(t.Context(), "cluster", testRequestID)
-				if tc.wantErr {
-					if err == nil {
-						t.Fatal("want an error")
-					}
-					return
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				if result.SiteName != tc.wantSite || string(result.Error) != tc.wantFailure || int(result.OptimalClusters) != tc.wantClusters {
-					t.Errorf("got site %q, failure %q, %d clusters", result.SiteName, result.Error, int(result.OptimalClusters))
-				}
-				if string(result.Raw) != tc.body {
-					t.Errorf("raw = %q, want the body as sent", result.Raw)
-				}
-			})
-		})
-	}
-}
-
 func TestAPIErrorMessages(t *testing.T) {
 	for status, want := range map[int]string{
 		401: "the API key was rejected",
@@ -342,7 +538,7 @@ func TestErrorAnswersLeaveTheConnectionReusable(t *testing.T) {
 	server.Start()
 	defer server.Close()
 	base, _ := url.Parse(server.URL)
-	client := newOptiPickClient(base, testAPIKey, false, nil) // the service's own transport
+	client := clientOver(base, false, nil) // the service's own transport
 	if _, err := client.fetch(t.Context(), "cluster", testRequestID); err == nil {
 		t.Fatal("first fetch succeeded, want the 404")
 	}
@@ -351,45 +547,6 @@ func TestErrorAnswersLeaveTheConnectionReusable(t *testing.T) {
 	}
 	if n := conns.Load(); n != 1 {
 		t.Errorf("two calls used %d connections, want 1", n)
-	}
-}
-
-// TestResultSizeCap: a result of exactly maxResultBytes is read; one byte
-// more is refused.
-func TestResultSizeCap(t *testing.T) {
-	for _, tc := range []struct {
-		size int
-		ok   bool
-	}{{maxResultBytes, true}, {maxResultBytes + 1, false}} {
-		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				base, _ := url.Parse("http://optipick.test")
-				client := newOptiPickClient(base, testAPIKey, false, handlerTransport{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					// Long strings, each under maxTokenBytes (few tokens, so
-					// it is quick), then "0," to make the size exact.
-					head, tail := `{"request_id":"`+testRequestID+`","site_name":"Big","pad":[`, `0]}`
-					io.WriteString(w, head)
-					rest := tc.size - len(head) - len(tail)
-					unit := `"` + strings.Repeat("a", maxTokenBytes/2) + `",`
-					units := rest/len(unit) - 1
-					io.Copy(w, io.LimitReader(&repeatReader{s: unit}, int64(units*len(unit))))
-					rest -= units * len(unit)
-					if rest%2 == 1 {
-						io.WriteString(w, " ")
-						rest--
-					}
-					io.Copy(w, io.LimitReader(&repeatReader{s: "0,"}, int64(rest)))
-					io.WriteString(w, tail)
-				})})
-				result, err := client.fetch(t.Context(), "cluster", testRequestID)
-				if tc.ok && (err != nil || result.SiteName != "Big") {
-					t.Fatalf("a result of %d bytes: %v", tc.size, err)
-				}
-				if !tc.ok && (err == nil || !strings.Contains(err.Error(), "more than")) {
-					t.Fatalf("a result of %d bytes: %v, want a size error", tc.size, err)
-				}
-			})
-		})
 	}
 }
 
@@ -422,70 +579,6 @@ func TestFetchRefusesAnUnknownKind(t *testing.T) {
 	}
 }
 
-// repeatReader reads as s repeated without end.
-type repeatReader struct {
-	s   string
-	off int
-}
-
-func (r *repeatReader) Read(p []byte) (int, error) {
-	for n := 0; n < len(p); {
-		copied := copy(p[n:], r.s[r.off%len(r.s):])
-		n += copied
-		r.off += copied
-	}
-	return len(p), nil
-}
-
-// TestTokenGuard: a result whose one token (a string, with or without
-// escapes, a number, white space) is far over maxTokenBytes is refused,
-// however the text arrives in reads; a large token under the cap, and many
-// small tokens whatever their total, are read.
-func TestTokenGuard(t *testing.T) {
-	long := func(s string, n int) string { return strings.Repeat(s, n) }
-	const over = maxTokenBytes + maxTokenBytes/4 + 1 // the guard lets at most a quarter more through
-	for _, tc := range []struct {
-		name, text string
-		ok         bool
-	}{
-		{"string under the cap", `"` + long("a", maxTokenBytes-64) + `"`, true},
-		{"string over the cap", `"` + long("a", over) + `"`, false},
-		{"escapes", `"` + long(`\n`, over/2) + `"`, false},
-		{"escaped quotes do not end it", `"` + long(`\"`, over/2) + `"`, false},
-		{"number", `1` + long("0", over), false},
-		{"white space", long(" ", over) + `1`, false},
-		{"many small strings", `[` + long(`"`+long("a", 1000)+`\"",`, 300) + `""]`, true},
-		{"many small numbers", `[` + long(`12345,`, 60000) + `0]`, true},
-	} {
-		for _, oneByte := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/one-byte-reads=%v", tc.name, oneByte), func(t *testing.T) {
-				text := `{"request_id":"` + testRequestID + `","x":` + tc.text + `}`
-				var r io.Reader = strings.NewReader(text)
-				if oneByte {
-					r = iotest.OneByteReader(r)
-				}
-				_, err := decodeResult(r, testRequestID)
-				if tc.ok && err != nil {
-					t.Fatalf("decodeResult: %v", err)
-				}
-				if !tc.ok && !errors.Is(err, errTokenTooLong) {
-					t.Fatalf("decodeResult: %v, want errTokenTooLong", err)
-				}
-			})
-		}
-	}
-}
-
-// TestResultFieldNamesMayBeEscaped: JSON allows a name written with
-// escapes; it is the same name.
-func TestResultFieldNamesMayBeEscaped(t *testing.T) {
-	body := `{"request\u005fid":"` + testRequestID + `","site\u005Fname":"Escaped"}`
-	result, err := decodeResult(strings.NewReader(body), testRequestID)
-	if err != nil || result.SiteName != "Escaped" {
-		t.Fatalf("decodeResult: %+v, %v", result, err)
-	}
-}
-
 // TestTheExcerptShowsTheBodyWhereTheDecoderStopped: a 200 whose first byte
 // is already wrong still logs the start of the body, not only what the
 // decoder had read.
@@ -504,31 +597,6 @@ func TestTheExcerptShowsTheBodyWhereTheDecoderStopped(t *testing.T) {
 	})
 }
 
-// TestReadingStopsAtTheResultCap: however much more the API sends, no
-// more than one byte past maxResultBytes is read.
-func TestReadingStopsAtTheResultCap(t *testing.T) {
-	// Long strings, each under the token cap: few tokens, so it is quick.
-	pad := &repeatReader{s: `"` + strings.Repeat("a", maxTokenBytes/2) + `",`}
-	body := &countingReader{r: io.MultiReader(strings.NewReader(`{"request_id":"`+testRequestID+`","pad":[`), pad)}
-	if _, err := decodeResult(body, testRequestID); !errors.Is(err, errResultTooLarge) {
-		t.Fatalf("decodeResult: %v, want errResultTooLarge", err)
-	}
-	if body.n != maxResultBytes+1 {
-		t.Errorf("read %d bytes of the body, want %d", body.n, maxResultBytes+1)
-	}
-}
-
-type countingReader struct {
-	r io.Reader
-	n int
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += n
-	return n, err
-}
-
 // TestHugeResponseHeadersAreAFailedFetch: an API (or a proxy in front of
 // it) that answers with megabytes of headers is refused once it has sent
 // maxResponseHeaderBytes, instead of being held, times every fetch in
@@ -543,7 +611,7 @@ func TestHugeResponseHeadersAreAFailedFetch(t *testing.T) {
 	}))
 	defer api.Close()
 	base, _ := url.Parse(api.URL)
-	client := newOptiPickClient(base, testAPIKey, false, nil)
+	client := clientOver(base, false, nil)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second) // no time for a retry
 	defer cancel()
 	var err error

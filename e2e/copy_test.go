@@ -10,32 +10,71 @@ import (
 	"testing"
 )
 
+// optionalParts are the root files a copier may delete, each with its test
+// file: the rest must build, vet and pass its tests without them.
+var optionalParts = []string{"metrics", "connlimit"}
+
 // TestRootFilesCopyIntoAnEmptyModule copies the root *.go files with
 // go.mod and go.sum into an empty directory, and runs go vet and go test
 // there: they must stand alone, needing neither the simulator, nor e2e,
-// nor root.
+// nor root. It does so again without each optional part, and without both.
 func TestRootFilesCopyIntoAnEmptyModule(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds and tests a copy of the module: not in -short")
+		t.Skip("builds and tests copies of the module: not in -short")
 	}
-	dir := t.TempDir()
 	files, err := filepath.Glob("../*.go")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no root .go files: %v", err)
 	}
-	for _, f := range append(files, "../go.mod", "../go.sum") {
-		copyFile(t, f, filepath.Join(dir, filepath.Base(f)))
+	for _, left := range [][]string{nil, {"metrics"}, {"connlimit"}, optionalParts} {
+		name := "all"
+		if left != nil {
+			name = "without " + strings.Join(left, ".go and ") + ".go"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range append(files, "../go.mod", "../go.sum") {
+				part := strings.TrimSuffix(strings.TrimSuffix(filepath.Base(f), ".go"), "_test")
+				if !slices.Contains(left, part) {
+					copyFile(t, f, filepath.Join(dir, filepath.Base(f)))
+				}
+			}
+			goCommand(t, dir, "vet", "./...")
+			goCommand(t, dir, "test", "-count=1", "./...")
+			if slices.Contains(left, "metrics") {
+				assertMetricsAddrIsRefused(t, dir)
+			}
+		})
 	}
-	for _, args := range [][]string{{"vet", "./..."}, {"test", "-count=1", "./..."}} {
-		goCommand(t, dir, args...)
+}
+
+// assertMetricsAddrIsRefused builds the copy in dir, which has no
+// metrics.go, and starts it with METRICS_ADDR set: it must refuse to start,
+// saying why, rather than serve without the metrics asked for.
+func assertMetricsAddrIsRefused(t *testing.T, dir string) {
+	t.Helper()
+	binary := filepath.Join(dir, "receiver")
+	goCommand(t, dir, "build", "-o", binary, ".")
+	cmd := exec.Command(binary)
+	cmd.Dir = dir
+	cmd.Env = []string{
+		"WEBHOOK_SECRET=" + testSecret,
+		"OPTIPICK_API_KEY=" + testAPIKey,
+		"PORT=0",
+		"METRICS_ADDR=127.0.0.1:0",
+	}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "error: METRICS_ADDR: ") || !strings.Contains(string(out), "metrics.go") {
+		t.Errorf("a build without metrics.go, with METRICS_ADDR set: %v\n%s\nwant a startup error naming the variable and the file",
+			err, out)
 	}
 }
 
 // TestTheREADMECopyBlockBuildsInAForeignModule runs the README's copy
-// block, as a copier would: a module of another name, the files its cp
-// line names (which must be every root .go file that is not a test), the
-// versions its go get line pins. The result must build and vet, and keep
-// the pinned svix-webhooks, not the older version the proxy calls latest.
+// block with sh, as a copier would: a module of another name, the files
+// its cp line names (every root .go file), the versions its go get line
+// pins, before anything tidies. The result must build and vet, and keep the
+// pinned svix-webhooks, not the older version the proxy calls latest.
 func TestTheREADMECopyBlockBuildsInAForeignModule(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fetches modules and builds a copy: not in -short")
@@ -50,26 +89,8 @@ func TestTheREADMECopyBlockBuildsInAForeignModule(t *testing.T) {
 	if !found || !fenced {
 		t.Fatal("README has no copy block: <!-- copy-block ... --> then a ```sh fence")
 	}
-	lines := strings.Split(strings.TrimSpace(block), "\n")
-
-	var listed []string
-	for _, line := range lines {
-		if m := regexp.MustCompile(`^cp optipick-webhooks/\{([a-z_,]+)\}\.go \.$`).FindStringSubmatch(line); m != nil {
-			for _, name := range strings.Split(m[1], ",") {
-				listed = append(listed, name+".go")
-			}
-		}
-	}
-	var service []string
-	files, _ := filepath.Glob("../*.go")
-	for _, f := range files {
-		if !strings.HasSuffix(f, "_test.go") {
-			service = append(service, filepath.Base(f))
-		}
-	}
-	slices.Sort(listed)
-	if !slices.Equal(listed, service) {
-		t.Fatalf("the README's cp line names %v; the service's files are %v", listed, service)
+	if !regexp.MustCompile(`(?m)^cp optipick-webhooks/\*\.go \.$`).MatchString(block) {
+		t.Fatalf("the README's copy block does not copy every root .go file (cp optipick-webhooks/*.go .):\n%s", block)
 	}
 
 	// The copier's module, with the clone beside its files as the cp line
@@ -82,8 +103,8 @@ func TestTheREADMECopyBlockBuildsInAForeignModule(t *testing.T) {
 	if err := os.Symlink(root, filepath.Join(dir, "optipick-webhooks")); err != nil {
 		t.Fatal(err)
 	}
-	script := "set -eu\n" + strings.Join(lines, "\n") + "\ngo vet ./...\ngo list -m github.com/svix/svix-webhooks\n"
-	cmd := exec.Command("bash", "-c", script)
+	script := "set -eu\n" + strings.TrimSpace(block) + "\ngo vet ./...\ngo list -m github.com/svix/svix-webhooks\n"
+	cmd := exec.Command("sh", "-c", script)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOFLAGS=")
 	out, err := cmd.CombinedOutput()
