@@ -33,7 +33,9 @@ ifeq ($(origin VERSION),undefined)
 VERSION            := $(shell git describe --tags --always --dirty 2>/dev/null)
 endif
 LDFLAGS            := -s -w$(if $(VERSION), -X main.version=$(VERSION))
-GO_VERSION         := $(shell awk '/^go /{print $$2}' go.mod)
+# The Dockerfile's golang builder: go.mod's go line as major.minor (1.26), whose
+# image tag is that minor's latest patch (never the go line's 1.26.0).
+GO_VERSION         := $(shell awk '/^go /{split($$2, v, "."); print v[1] "." v[2]}' go.mod)
 # The race detector needs cgo: used where go env says cgo is on (it is off
 # without a C compiler, or with CGO_ENABLED=0 set, as for static builds).
 RACE               := $(shell [ "$$(go env CGO_ENABLED)" = 1 ] && echo -race)
