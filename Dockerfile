@@ -2,7 +2,8 @@
 # The receiver as a small, non-root, static container, for linux/amd64 and
 # linux/arm64: make image (PLATFORMS=linux/amd64,linux/arm64 for both).
 
-# Keep in step with the go line of go.mod (make image passes it).
+# The major.minor of go.mod's go line (make image and release.yml pass it):
+# golang:1.26-bookworm is the latest 1.26 patch, where 1.26.0 would be the first.
 ARG GO_VERSION=1.26
 
 # The builder runs on the build machine's own platform and cross-compiles for
