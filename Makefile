@@ -51,7 +51,7 @@ demo: ## the whole flow offline: simulator + receiver, one cluster and one route
 run: build ## build and run the receiver (reads .env if present; restart it after editing .env)
 	$(BINARY)
 
-sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too; retries at 0.1 scale; ARGS=...)
+sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too; retries at 0.1 scale, none sooner than 2.5 s; ARGS=...)
 	@mkdir -p bin
 	go build -o bin/optipick-sim ./cmd/optipick-sim
 	bin/optipick-sim $(ARGS)

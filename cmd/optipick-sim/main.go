@@ -17,6 +17,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -78,7 +79,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	clusterURL := flags.String("cluster-url", receiverURL+"/webhook/cluster", "where to deliver cluster.optimized (empty: nowhere; default: the receiver's $PORT)")
 	routeURL := flags.String("route-url", receiverURL+"/webhook/route", "where to deliver route.optimized (empty: nowhere; default: the receiver's $PORT)")
 	delay := flags.Duration("delay", time.Second, "how long an optimization takes")
-	timeScale := flags.Float64("time-scale", devTimeScale, "multiplies Svix's retry schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h): 0.1 retries after 0.5s, 30s, 3m, ...; 1 is Svix's own")
+	timeScale := flags.Float64("time-scale", devTimeScale, fmt.Sprintf("multiplies Svix's retry schedule (%s), each wait at least -retry-floor: %g retries after %s; 1 is Svix's own",
+		retriesAfter(optipicksim.RetrySchedule), devTimeScale, retriesAfter(optipicksim.RetryDelays(devTimeScale, optipicksim.DefaultRetryFloor))))
+	retryFloor := flags.Duration("retry-floor", optipicksim.DefaultRetryFloor, "the shortest wait before a retry: over the receiver's 2 s memory of a failure, which answers earlier retries without fetching (0: none)")
 	apiFault := flags.String("api-fault", "none", "make every GET of a result fail: 500, 503, 429 (with Retry-After: 1) or hang (no answer until the client gives up), to watch the receiver retry")
 	apiFaultFor := flags.Duration("api-fault-for", 0, "end the -api-fault outage this long after start (0: it lasts until the simulator stops)")
 	logFormat := flags.String("log-format", "text", "text or json")
@@ -109,6 +112,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *routeSecret == "" {
 		*routeSecret = *secret
 	}
+	if *retryFloor < 0 {
+		return errors.New("-retry-floor: must not be negative (0: no floor)")
+	}
 	fault, err := optipicksim.ParseAPIFault(*apiFault)
 	if err != nil {
 		return fmt.Errorf("-api-fault: %w", err)
@@ -129,6 +135,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Route:         optipicksim.Receiver{URL: *routeURL, Secret: *routeSecret},
 		OptimizeDelay: *delay,
 		TimeScale:     *timeScale,
+		RetryFloor:    cmp.Or(*retryFloor, -1), // 0: none (Config's -1)
 		APIFault:      fault,
 		Logger:        logger,
 	})
@@ -143,7 +150,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	srv := &http.Server{Handler: sim.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	logger.Info("listening", "addr", listener.Addr().String(), "cluster_url", *clusterURL, "route_url", *routeURL,
-		"time_scale", *timeScale, "retries_after", retriesAfter(*timeScale), "api_fault", fault.String())
+		"time_scale", *timeScale, "retry_floor", retryFloor.String(), "retries_after", retriesAfter(sim.RetryDelays()), "api_fault", fault.String())
 	if fault != (optipicksim.APIFault{}) && *apiFaultFor > 0 {
 		outage := time.AfterFunc(*apiFaultFor, func() { sim.SetAPIFault(optipicksim.APIFault{}) })
 		defer outage.Stop()
@@ -165,10 +172,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return nil
 }
 
-// retriesAfter is the scaled retry schedule, readably.
-func retriesAfter(scale float64) string {
+// retriesAfter is a retry schedule, readably.
+func retriesAfter(delays []time.Duration) string {
 	var parts []string
-	for _, d := range optipicksim.ScaledRetrySchedule(scale) {
+	for _, d := range delays {
 		if d > time.Millisecond {
 			d = d.Round(time.Millisecond)
 		}

@@ -212,8 +212,15 @@ func TestServeDeliversToPORTAndStatesTheRetrySchedule(t *testing.T) {
 	if l["cluster_url"] != "http://127.0.0.1:9123/webhook/cluster" || l["route_url"] != "http://127.0.0.1:9123/webhook/route" {
 		t.Errorf("delivery URLs %v, %v: want the receiver's PORT 9123", l["cluster_url"], l["route_url"])
 	}
-	if l["time_scale"] != 0.1 || l["retries_after"] != "500ms, 30s, 3m0s, 12m0s, 30m0s, 1h0m0s, 1h0m0s" {
-		t.Errorf("time_scale %v, retries_after %v: want the development scale 0.1, stated", l["time_scale"], l["retries_after"])
+	// Svix's 5 s, scaled to 0.5 s, would fall within the receiver's 2 s
+	// memory of the failure: the floor lifts it to 2.5 s.
+	if l["time_scale"] != 0.1 || l["retry_floor"] != "2.5s" || l["retries_after"] != "2.5s, 30s, 3m0s, 12m0s, 30m0s, 1h0m0s, 1h0m0s" {
+		t.Errorf("time_scale %v, retry_floor %v, retries_after %v: want the development scale 0.1 and the 2.5s floor, stated",
+			l["time_scale"], l["retry_floor"], l["retries_after"])
+	}
+	l = listening(t, env, "-retry-floor", "0", "-time-scale", "0.001")
+	if l["retry_floor"] != "0s" || l["retries_after"] != "5ms, 300ms, 1.8s, 7.2s, 18s, 36s, 36s" {
+		t.Errorf("-retry-floor 0: retry_floor %v, retries_after %v: want no floor", l["retry_floor"], l["retries_after"])
 	}
 }
 
@@ -229,7 +236,7 @@ func TestHelpExitsZeroAndShowsNoSecret(t *testing.T) {
 		want []string
 	}{
 		{[]string{"-h"}, full, []string{"usage: optipick-sim [flags]", "(default: set, from $OPTIPICK_API_KEY)",
-			"(default: set, the first in $WEBHOOK_SECRET)"}},
+			"(default: set, the first in $WEBHOOK_SECRET)", "0.1 retries after 2.5s, 30s, 3m0s", "-retry-floor"}},
 		{[]string{"-help"}, full, []string{"usage: optipick-sim [flags]"}},
 		{[]string{"-h"}, nil, []string{"(default: none: $OPTIPICK_API_KEY is not set)", "(default: none: $WEBHOOK_SECRET is not set)"}},
 		{[]string{"send", "-h"}, full, []string{"usage: optipick-sim send", "(default: set, the first in $WEBHOOK_SECRET)"}},
