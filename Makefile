@@ -31,6 +31,12 @@ IMAGE              ?= optipick-webhooks:latest
 PLATFORMS          ?=
 ENGINE             ?=
 BUILDX_FLAGS       ?=
+# make image-offline: the CA bundle copied into the image (a scratch image has
+# none), by default the first of Go's Linux locations that exists here (and
+# macOS's /etc/ssl/cert.pem); and the build context it makes and empties.
+CA_BUNDLE          ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt \
+                      /etc/ssl/ca-bundle.pem /etc/pki/tls/cacert.pem /etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem /etc/ssl/cert.pem))
+OFFLINE_CONTEXT    ?= bin/image-offline
 # Injected as main.version; empty (no git) injects nothing.
 ifeq ($(origin VERSION),undefined)
 VERSION            := $(shell git describe --tags --always --dirty 2>/dev/null)
@@ -43,10 +49,10 @@ GO_VERSION         := $(shell awk '/^go /{split($$2, v, "."); print v[1] "." v[2
 # without a C compiler, or with CGO_ENABLED=0 set, as for static builds).
 RACE               := $(shell [ "$$(go env CGO_ENABLED)" = 1 ] && echo -race)
 
-.PHONY: help demo run sim test repeat mutate build cross-check image lint vulncheck fuzz bench loadtest chaos
+.PHONY: help demo run sim test repeat mutate build cross-check image image-offline lint vulncheck fuzz bench loadtest chaos
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 demo: ## the whole flow offline: simulator + receiver, one cluster and one route optimization
 	go run ./cmd/demo
@@ -56,7 +62,7 @@ demo: ## the whole flow offline: simulator + receiver, one cluster and one route
 run: build ## build and run the receiver (reads .env if present; restart it after editing .env)
 	$(BINARY)
 
-sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too; retries at 0.1 scale; ARGS=...)
+sim: ## run the offline OptiPick simulator on 127.0.0.1:8090 (reads .env too; retries at 0.1 scale, none sooner than 2.5 s; ARGS=...)
 	@mkdir -p bin
 	go build -o bin/optipick-sim ./cmd/optipick-sim
 	bin/optipick-sim $(ARGS)
@@ -103,6 +109,25 @@ image: ## build the container image (IMAGE); PLATFORMS=linux/amd64,linux/arm64 f
 	esac; \
 	echo "$$cmd"; [ -z "$(DRY_RUN)" ] || exit 0; \
 	$$cmd && $$engine image ls $(IMAGE)
+
+# Containerfile.offline says why and what. The binary is built for linux
+# (GOOS=linux: on macOS, for podman machine's VM) and the machine's GOARCH.
+image-offline: ## the image without a registry: FROM scratch over make build's binary and this machine's CA bundle (IMAGE)
+	@engine=$(ENGINE); \
+	if [ -z "$$engine" ]; then \
+		if command -v docker >/dev/null && docker info >/dev/null 2>&1; then engine=docker; \
+		elif command -v podman >/dev/null; then engine=podman; \
+		else echo "make image-offline needs docker (with a running engine) or podman"; exit 1; fi; \
+	fi; \
+	case "$$engine" in podman) format="--format docker " ;; docker) format= ;; *) echo "ENGINE must be docker or podman"; exit 1 ;; esac; \
+	if [ ! -s "$(CA_BUNDLE)" ]; then echo "make image-offline: no CA bundle at '$(CA_BUNDLE)': install ca-certificates, or set CA_BUNDLE=file.pem"; exit 1; fi; \
+	$(MAKE) --no-print-directory build GOOS=linux || exit 1; \
+	mkdir -p $(OFFLINE_CONTEXT) && cp $(BINARY) $(OFFLINE_CONTEXT)/optipick-webhooks && cp -L $(CA_BUNDLE) $(OFFLINE_CONTEXT)/ca-certificates.crt || exit 1; \
+	cmd="$$engine build $$format-f Containerfile.offline -t $(IMAGE) $(OFFLINE_CONTEXT)"; \
+	echo "$$cmd   (context: $(BINARY) and $(CA_BUNDLE))"; \
+	$$cmd; status=$$?; \
+	rm -f $(OFFLINE_CONTEXT)/optipick-webhooks $(OFFLINE_CONTEXT)/ca-certificates.crt; rmdir $(OFFLINE_CONTEXT) 2>/dev/null; \
+	[ $$status = 0 ] && $$engine image ls $(IMAGE)
 
 bench: ## Go benchmarks, BENCHCOUNT runs each into bin/bench.txt; prints benchstat's medians and the ratios to in-run baselines
 	@mkdir -p bin

@@ -174,6 +174,7 @@ func TestSimulatorEndToEnd(t *testing.T) {
 		Route:         optipicksim.Receiver{URL: front.URL + "/webhook/route", Secret: secret},
 		OptimizeDelay: 10 * time.Millisecond,
 		TimeScale:     0.001, // the 5 s retry comes after 5 ms
+		RetryFloor:    -1,    // no floor: the receiver never saw the failed attempt, the front answered it
 	})
 
 	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(secret, testAPIKey, sim.URL))
@@ -230,6 +231,47 @@ func TestSimulatorEndToEnd(t *testing.T) {
 			line["saving_pct"] != saving || line[countName] != float64(count) || line["computation_time_s"] != result["computation_time"] {
 			t.Errorf("%s summary %v does not match the result %v", kind, line, result)
 		}
+	}
+}
+
+// TestSimulatorsFirstRetryIsFetchedNotAnsweredFromMemory: the real
+// receiver remembers a failed delivery for a moment and answers repeats
+// from memory, without fetching. The simulator's first retry, at its
+// development time scale (0.1: Svix's 5 s becomes 0.5 s), must come after
+// that memory, so that it is fetched: here it succeeds once the API is back,
+// rather than replaying the failure until the next retry 30 s later.
+func TestSimulatorsFirstRetryIsFetchedNotAnsweredFromMemory(t *testing.T) {
+	var receiverURL atomic.Value
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		target, _ := url.Parse(receiverURL.Load().(string))
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer front.Close()
+	sim := newSimAPI(t, optipicksim.Config{
+		Cluster:       optipicksim.Receiver{URL: front.URL + "/webhook/cluster", Secret: testSecret},
+		OptimizeDelay: 10 * time.Millisecond,
+		TimeScale:     0.1, // cmd/optipick-sim's default, and its default floor
+		APIFault:      optipicksim.APIFault{Status: http.StatusServiceUnavailable},
+	})
+	p := startReceiver(t, []string{receiverBinary(t)}, receiverEnv(testSecret, testAPIKey, sim.URL))
+	receiverURL.Store(p.URL)
+
+	id := sim.optimize(t, "cluster", false)
+	p.waitFor(t, "delivery not handled; Svix will retry", 15*time.Second) // the API is down
+	for deadline := time.Now().Add(5 * time.Second); len(sim.Attempts()) == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	sim.SetAPIFault(optipicksim.APIFault{}) // back before the retry
+	line := p.waitFor(t, "optimization fetched", 10*time.Second)
+	for deadline := time.Now().Add(5 * time.Second); len(sim.Attempts()) < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // the receiver logs before it answers
+	}
+	attempts := sim.Attempts()
+	if line["request_id"] != id || len(attempts) != 2 || attempts[0].Succeeded() || !attempts[1].Succeeded() {
+		t.Fatalf("fetched %v; attempts %+v: want a failure, then a retry that is fetched", line["request_id"], attempts)
+	}
+	if gap := attempts[1].At.Sub(attempts[0].At.Add(attempts[0].Latency)); gap < optipicksim.DefaultRetryFloor {
+		t.Errorf("the retry came %v after the failure, want at least %v", gap, optipicksim.DefaultRetryFloor)
 	}
 }
 

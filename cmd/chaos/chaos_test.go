@@ -47,7 +47,7 @@ func TestScheduleComesFromTheSeed(t *testing.T) {
 	if len(kinds) != 4 {
 		t.Errorf("outage kinds %v, want 500, 503, 429 and hang", kinds)
 	}
-	if h := horizon(o.timeScale); h < a.end+time.Minute {
+	if h := o.horizon(); h < a.end+time.Minute {
 		t.Errorf("default time scale: retries end after %v, the last fault at %v", h, a.end)
 	}
 }

@@ -14,6 +14,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -52,6 +53,7 @@ type options struct {
 	bursts       int
 	burstSize    int
 	timeScale    float64
+	retryFloor   time.Duration
 	timeout      time.Duration
 	receiver     string
 	logDir       string
@@ -86,7 +88,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	flags.DurationVar(&o.maxOutage, "max-outage", 10*time.Second, "longest API outage (hangs: 60% of it), if the submissions leave room; one longer than the receiver's 10 s deadline makes it answer 5xx")
 	flags.IntVar(&o.bursts, "dup-bursts", 2, "bursts of duplicate deliveries (resends of already-sent messages)")
 	flags.IntVar(&o.burstSize, "dup-burst-size", 50, "messages resent per burst, each twice at once")
-	flags.Float64Var(&o.timeScale, "time-scale", 0.005, "multiplies Svix's retry schedule (0.005: retries after 25ms, 1.5s, 9s, 36s, 1m30s, 3m, 3m)")
+	flags.Float64Var(&o.timeScale, "time-scale", 0.005, "multiplies Svix's retry schedule (0.005 with the floor: retries after 2.5s, 2.5s, 9s, 36s, 1m30s, 3m, 3m)")
+	flags.DurationVar(&o.retryFloor, "retry-floor", optipicksim.DefaultRetryFloor,
+		"the shortest wait before a retry, over the receiver's 2 s memory of a failure, as Svix's 5 s is (0: none, so that early retries are answered from that memory)")
 	flags.DurationVar(&o.timeout, "timeout", 0, "end the run, failed, after this long (0: the submissions plus the whole scaled retry schedule plus 2 min)")
 	flags.StringVar(&o.receiver, "receiver", "", "the receiver binary (default: go build the module's root into a temporary directory)")
 	flags.StringVar(&o.logDir, "log-dir", "", "keep every log here (default: a temporary directory, removed after a run that passes)")
@@ -105,23 +109,30 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-min-pause, -max-pause, -max-outage: need 0 <= min <= max and an outage > 0")
 	case o.timeScale <= 0:
 		return o, errors.New("-time-scale: must be positive")
+	case o.retryFloor < 0:
+		return o, errors.New("-retry-floor: must not be negative")
 	}
 	return o, nil
 }
 
+// retryDelays is the simulator's retry schedule for these options.
+func (o options) retryDelays() []time.Duration {
+	return optipicksim.RetryDelays(o.timeScale, o.retryFloor)
+}
+
 // horizon is how long Svix keeps retrying a message, at the time scale.
-func horizon(timeScale float64) time.Duration {
+func (o options) horizon() time.Duration {
 	var total time.Duration
-	for _, d := range optipicksim.RetrySchedule {
-		total += time.Duration(float64(d) * timeScale)
+	for _, d := range o.retryDelays() {
+		total += d
 	}
 	return total
 }
 
-func scaledSchedule(timeScale float64) string {
+func (o options) scaledSchedule() string {
 	var parts []string
-	for _, d := range optipicksim.RetrySchedule {
-		parts = append(parts, time.Duration(float64(d)*timeScale).Round(time.Millisecond).String())
+	for _, d := range o.retryDelays() {
+		parts = append(parts, d.Round(time.Millisecond).String())
 	}
 	return strings.Join(parts, ", ")
 }
@@ -166,12 +177,12 @@ func run(ctx context.Context, args []string, out io.Writer) (summary, error) {
 		return summary{}, err
 	}
 	sched := newSchedule(o)
-	if h := horizon(o.timeScale); h < sched.end+time.Minute {
+	if h := o.horizon(); h < sched.end+time.Minute {
 		return summary{}, fmt.Errorf("-time-scale %g: Svix would stop retrying after %v, too soon after the last fault (at most %v in): raise it",
 			o.timeScale, h.Round(time.Second), sched.end.Round(time.Second))
 	}
 	if o.timeout == 0 {
-		o.timeout = sched.end + horizon(o.timeScale) + 2*time.Minute
+		o.timeout = sched.end + o.horizon() + 2*time.Minute
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
@@ -194,7 +205,7 @@ func run(ctx context.Context, args []string, out io.Writer) (summary, error) {
 	}
 
 	fmt.Fprintf(out, "chaos: seed %d, schedule %s: %d events at %g/s, %d receiver stops, %d API outages, %d duplicate bursts; retries after %s\n",
-		o.seed, sched.fingerprint(), o.n, o.rate, len(sched.stops), len(sched.faults), len(sched.bursts), scaledSchedule(o.timeScale))
+		o.seed, sched.fingerprint(), o.n, o.rate, len(sched.stops), len(sched.faults), len(sched.bursts), o.scaledSchedule())
 
 	sum, err := chaos(ctx, o, sched, bin, dir, out)
 	sum.wall = time.Since(started)
@@ -238,6 +249,7 @@ func chaos(ctx context.Context, o options, sched schedule, bin, dir string, out 
 		Route:         optipicksim.Receiver{URL: receiverURL + "/webhook/route", Secret: secret},
 		OptimizeDelay: 20 * time.Millisecond,
 		TimeScale:     o.timeScale,
+		RetryFloor:    cmp.Or(o.retryFloor, -1), // 0: none (Config's -1)
 		Logger:        slog.New(slog.NewJSONHandler(simLog, nil)),
 	})
 	if err != nil {

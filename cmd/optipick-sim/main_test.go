@@ -81,7 +81,8 @@ func TestSendDeliversASignedWebhookAndResendReplaysIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"/webhook/route", `body: {"request_id":"674f5c1e2b8a4d0012ab34cd"}`, "→ 200 OK", "fetched", "resend -kind route"} {
+	for _, want := range []string{"/webhook/route", `body: {"request_id":"674f5c1e2b8a4d0012ab34cd"}`, "signed with the first secret in WEBHOOK_SECRET",
+		"→ 200 OK", "fetched", "resend -kind route"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
@@ -173,14 +174,17 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-func TestServeDeliversToPORTAndStatesTheRetrySchedule(t *testing.T) {
-	env := map[string]string{"WEBHOOK_SECRET": testSecret, "OPTIPICK_API_KEY": "k", "PORT": "9123"}
+// listening runs the simulator with args until it logs its start line,
+// and returns that line.
+func listening(t *testing.T, env map[string]string, args ...string) map[string]any {
+	t.Helper()
 	var out syncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"optipick-sim", "-addr", "127.0.0.1:0", "-log-format", "json"}, func(k string) string { return env[k] }, &out, io.Discard)
+		args := append([]string{"optipick-sim", "-addr", "127.0.0.1:0", "-log-format", "json"}, args...)
+		done <- run(ctx, args, func(k string) string { return env[k] }, &out, io.Discard)
 	}()
 	var listening map[string]any
 	for deadline := time.Now().Add(10 * time.Second); listening == nil && time.Now().Before(deadline); {
@@ -199,11 +203,72 @@ func TestServeDeliversToPORTAndStatesTheRetrySchedule(t *testing.T) {
 	if listening == nil {
 		t.Fatalf("no listening line:\n%s", out.String())
 	}
-	if listening["cluster_url"] != "http://127.0.0.1:9123/webhook/cluster" || listening["route_url"] != "http://127.0.0.1:9123/webhook/route" {
-		t.Errorf("delivery URLs %v, %v: want the receiver's PORT 9123", listening["cluster_url"], listening["route_url"])
+	return listening
+}
+
+func TestServeDeliversToPORTAndStatesTheRetrySchedule(t *testing.T) {
+	env := map[string]string{"WEBHOOK_SECRET": testSecret, "OPTIPICK_API_KEY": "k", "PORT": "9123"}
+	l := listening(t, env)
+	if l["cluster_url"] != "http://127.0.0.1:9123/webhook/cluster" || l["route_url"] != "http://127.0.0.1:9123/webhook/route" {
+		t.Errorf("delivery URLs %v, %v: want the receiver's PORT 9123", l["cluster_url"], l["route_url"])
 	}
-	if listening["time_scale"] != 0.1 || listening["retries_after"] != "500ms, 30s, 3m0s, 12m0s, 30m0s, 1h0m0s, 1h0m0s" {
-		t.Errorf("time_scale %v, retries_after %v: want the development scale 0.1, stated", listening["time_scale"], listening["retries_after"])
+	// Svix's 5 s, scaled to 0.5 s, would fall within the receiver's 2 s
+	// memory of the failure: the floor lifts it to 2.5 s.
+	if l["time_scale"] != 0.1 || l["retry_floor"] != "2.5s" || l["retries_after"] != "2.5s, 30s, 3m0s, 12m0s, 30m0s, 1h0m0s, 1h0m0s" {
+		t.Errorf("time_scale %v, retry_floor %v, retries_after %v: want the development scale 0.1 and the 2.5s floor, stated",
+			l["time_scale"], l["retry_floor"], l["retries_after"])
+	}
+	l = listening(t, env, "-retry-floor", "0", "-time-scale", "0.001")
+	if l["retry_floor"] != "0s" || l["retries_after"] != "5ms, 300ms, 1.8s, 7.2s, 18s, 36s, 36s" {
+		t.Errorf("-retry-floor 0: retry_floor %v, retries_after %v: want no floor", l["retry_floor"], l["retries_after"])
+	}
+}
+
+// TestHelpExitsZeroAndShowsNoSecret: -h, and send -h and resend -h, print
+// their usage to stdout and return nil (exit status 0, no "error:" line),
+// and say whether the secret and the key are set, never what they are.
+func TestHelpExitsZeroAndShowsNoSecret(t *testing.T) {
+	secret, other, key := optipicksim.NewSecret(), optipicksim.NewSecret(), "key-that-help-must-not-show"
+	full := map[string]string{"WEBHOOK_SECRET": secret + "," + other, "OPTIPICK_API_KEY": key}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{[]string{"-h"}, full, []string{"usage: optipick-sim [flags]", "(default: set, from $OPTIPICK_API_KEY)",
+			"(default: set, the first in $WEBHOOK_SECRET)", "0.1 retries after 2.5s, 30s, 3m0s", "-retry-floor"}},
+		{[]string{"-help"}, full, []string{"usage: optipick-sim [flags]"}},
+		{[]string{"-h"}, nil, []string{"(default: none: $OPTIPICK_API_KEY is not set)", "(default: none: $WEBHOOK_SECRET is not set)"}},
+		{[]string{"send", "-h"}, full, []string{"usage: optipick-sim send", "(default: set, the first in $WEBHOOK_SECRET)"}},
+		{[]string{"resend", "-h"}, full, []string{"usage: optipick-sim resend"}},
+		{[]string{"send", "-h"}, nil, []string{"(default: none: $WEBHOOK_SECRET is not set)"}},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), append([]string{"optipick-sim"}, tc.args...), func(k string) string { return tc.env[k] }, &stdout, &stderr)
+		if err != nil {
+			t.Errorf("%v: %v, want nil (exit status 0)", tc.args, err)
+		}
+		if stderr.Len() > 0 {
+			t.Errorf("%v wrote to stderr:\n%s", tc.args, stderr.String())
+		}
+		for _, want := range tc.want {
+			if !strings.Contains(stdout.String(), want) {
+				t.Errorf("%v: help lacks %q:\n%s", tc.args, want, stdout.String())
+			}
+		}
+		all := stdout.String() + stderr.String()
+		for _, value := range []string{secret, strings.TrimPrefix(secret, "whsec_"), strings.TrimPrefix(other, "whsec_"), key} {
+			if strings.Contains(all, value) {
+				t.Errorf("%v: help shows a secret or key value %q:\n%s", tc.args, value, all)
+			}
+		}
+	}
+
+	// A wrong flag is still an error, with the usage on stderr.
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"optipick-sim", "-no-such-flag"}, func(string) string { return "" }, &stdout, &stderr); err == nil ||
+		stdout.Len() > 0 || !strings.Contains(stderr.String(), "usage: optipick-sim") {
+		t.Errorf("-no-such-flag: %v, stdout %q, stderr %q: want an error and the usage on stderr", err, stdout.String(), stderr.String())
 	}
 }
 

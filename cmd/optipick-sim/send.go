@@ -24,21 +24,24 @@ import (
 // unusable body (400 + abort-message) get.
 func send(ctx context.Context, mode string, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	flags := flag.NewFlagSet("optipick-sim "+mode, flag.ContinueOnError)
-	flags.SetOutput(stderr)
 	kind := flags.String("kind", "cluster", "cluster or route: the endpoint it goes to")
 	requestID := flags.String("request-id", "", "the request_id the body names (required unless -body)")
 	svixID := flags.String("svix-id", "", "the message id; give one already delivered to replay it and see dedupe (default: a new one; resend requires it)")
 	url := flags.String("url", "", "where to deliver (default: http://127.0.0.1:$PORT/webhook/{kind}, 8080 without PORT)")
 	body := flags.String("body", "", `the raw body (default: {"request_id":"<-request-id>"}); one without a valid request_id gets 400 and abort-message`)
-	secret := flags.String("secret", firstSecret(getenv), "whsec_ secret to sign with (default: the first in $WEBHOOK_SECRET); another one gets 401")
+	// No default value of its own, which help would print: see run.
+	secret := flags.String("secret", "", "whsec_ secret to sign with (default: "+fromEnv(getenv, "WEBHOOK_SECRET", "the first in $WEBHOOK_SECRET")+"); another one gets 401")
 	unsigned := flags.Bool("unsigned", false, "send no svix-signature header (gets 401)")
 	timeout := flags.Duration("timeout", 30*time.Second, "how long to wait for the answer")
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "usage: optipick-sim %s -kind cluster|route -request-id ID [-svix-id msg_...] [flags]\n", mode)
+		fmt.Fprintf(flags.Output(), "usage: optipick-sim %s -kind cluster|route -request-id ID [-svix-id msg_...] [flags]\n", mode)
 		flags.PrintDefaults()
 	}
-	if err := flags.Parse(args); err != nil {
+	if help, err := parse(flags, args, stdout, stderr); help || err != nil {
 		return err
+	}
+	if !isSet(flags, "secret") {
+		*secret = firstSecret(getenv)
 	}
 	switch {
 	case flags.NArg() > 0:
@@ -87,7 +90,7 @@ func send(ctx context.Context, mode string, args []string, getenv func(string) s
 		}
 		req.Header.Set("svix-signature", signature)
 		signedWith = "signed with the first secret in WEBHOOK_SECRET"
-		if *secret != firstSecret(getenv) {
+		if isSet(flags, "secret") {
 			signedWith = "signed with -secret"
 		}
 	}

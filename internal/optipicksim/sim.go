@@ -6,7 +6,8 @@
 // It serves POST /optimize/{cluster|route} (synchronous or not) and
 // GET /optimize/{kind}/{request_id} in OptiPick's shapes, and delivers a
 // Svix-signed {"request_id": ...} for every asynchronous optimization,
-// retrying on Svix's schedule (scaled by Config.TimeScale).
+// retrying on Svix's schedule (scaled by Config.TimeScale, each wait at
+// least Config.RetryFloor).
 package optipicksim
 
 import (
@@ -31,6 +32,17 @@ import (
 // RetrySchedule is Svix's: the waits before each attempt after the first.
 var RetrySchedule = []time.Duration{5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour}
 
+// DefaultRetryFloor is the shortest wait before a retry, whatever the time
+// scale (see Config.RetryFloor). The receiver remembers a failed delivery of
+// a message for 2 s (recentFor in the root dedupe.go) and answers a repeat
+// within that from memory, without fetching: a retry sooner than that would
+// only replay the failure, and the next real try would come a whole step of
+// the schedule later (at time scale 0.1: 30 s after the first failure
+// instead of 0.5 s). 2.5 s leaves half a second over the receiver's memory,
+// which starts when its work ends, before it answers. Svix's own first retry
+// comes after 5 s, so at time scale 1 the floor changes nothing.
+const DefaultRetryFloor = 2500 * time.Millisecond
+
 // deliveryTimeout is Svix's: an answer after it counts as a failure.
 const deliveryTimeout = 15 * time.Second
 
@@ -48,6 +60,7 @@ type Config struct {
 	Route         Receiver      // where route.optimized goes
 	OptimizeDelay time.Duration // how long an optimization "takes"
 	TimeScale     float64       // multiplies RetrySchedule; 0 means 1
+	RetryFloor    time.Duration // the shortest retry wait; 0 means DefaultRetryFloor, negative no floor
 	APIFault      APIFault      // how GET /optimize/{kind}/{id} fails at first; see SetAPIFault
 	Logger        *slog.Logger  // nil: no logs
 }
@@ -116,6 +129,7 @@ func (a Attempt) Succeeded() bool { return a.Status >= 200 && a.Status < 300 }
 // it to stop pending deliveries.
 type Simulator struct {
 	cfg    Config
+	delays []time.Duration // the wait before each retry: RetryDelays
 	log    *slog.Logger
 	client *http.Client
 	signer map[string]*svix.Webhook // by kind
@@ -152,6 +166,12 @@ func New(cfg Config) (*Simulator, error) {
 	if cfg.TimeScale <= 0 {
 		cfg.TimeScale = 1
 	}
+	switch {
+	case cfg.RetryFloor == 0:
+		cfg.RetryFloor = DefaultRetryFloor
+	case cfg.RetryFloor < 0:
+		cfg.RetryFloor = 0
+	}
 	if !cfg.APIFault.valid() {
 		return nil, fmt.Errorf("optipicksim: API fault %+v: want a Status of 500, 503 or 429, or Hang", cfg.APIFault)
 	}
@@ -160,8 +180,9 @@ func New(cfg Config) (*Simulator, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Simulator{
-		cfg: cfg,
-		log: log,
+		cfg:    cfg,
+		delays: RetryDelays(cfg.TimeScale, cfg.RetryFloor),
+		log:    log,
 		client: &http.Client{
 			Timeout: deliveryTimeout,
 			// Svix counts a redirect as a failure; it does not follow it.
@@ -418,7 +439,7 @@ func nonNil[T any](s []T) []T {
 
 // deliver sends the webhook as Svix would: one message id, a new timestamp
 // and signature for each attempt, success only for a 2xx within 15 s,
-// retries on RetrySchedule, and no retry after abort-message.
+// retries after s.delays, and no retry after abort-message.
 func (s *Simulator) deliver(kind, requestID string) {
 	receiver := s.cfg.Cluster
 	if kind == "route" {
@@ -463,16 +484,19 @@ func (s *Simulator) deliver(kind, requestID string) {
 	s.log.Warn("delivery failed after every retry", "kind", kind, "request_id", requestID, "svix_id", msgID)
 }
 
-// retryDelay is the scaled wait after the failed attempt number n (from 1).
-func (s *Simulator) retryDelay(n int) time.Duration {
-	return ScaledRetrySchedule(s.cfg.TimeScale)[n-1]
-}
+// retryDelay is the wait after the failed attempt number n (from 1).
+func (s *Simulator) retryDelay(n int) time.Duration { return s.delays[n-1] }
 
-// ScaledRetrySchedule is RetrySchedule multiplied by scale.
-func ScaledRetrySchedule(scale float64) []time.Duration {
+// RetryDelays is the wait before each retry that this Simulator makes:
+// RetrySchedule scaled by Config.TimeScale, each at least Config.RetryFloor.
+func (s *Simulator) RetryDelays() []time.Duration { return append([]time.Duration(nil), s.delays...) }
+
+// RetryDelays is RetrySchedule multiplied by scale, each wait at least
+// floor (0 or less: no floor).
+func RetryDelays(scale float64, floor time.Duration) []time.Duration {
 	out := make([]time.Duration, len(RetrySchedule))
 	for i, d := range RetrySchedule {
-		out[i] = time.Duration(float64(d) * scale)
+		out[i] = max(time.Duration(float64(d)*scale), floor)
 	}
 	return out
 }

@@ -3,6 +3,7 @@ package optipicksim
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -237,8 +238,9 @@ func deliverOnce(t *testing.T, stub *stubReceiver, timeScale float64) (*Simulato
 	receiver := httptest.NewServer(stub)
 	t.Cleanup(receiver.Close)
 	sim, server := newTestSim(t, Config{
-		Cluster:   Receiver{URL: receiver.URL + "/webhook/cluster", Secret: testSecret},
-		TimeScale: timeScale,
+		Cluster:    Receiver{URL: receiver.URL + "/webhook/cluster", Secret: testSecret},
+		TimeScale:  timeScale,
+		RetryFloor: -1, // the whole schedule in milliseconds
 	})
 	status, answer := call(t, "POST", server.URL+"/optimize/cluster?synchronous=false", testKey, ExampleRequest())
 	if status != http.StatusOK || len(answer) != 1 {
@@ -246,8 +248,8 @@ func deliverOnce(t *testing.T, stub *stubReceiver, timeScale float64) (*Simulato
 	}
 	// The whole retry schedule, scaled, plus room: then nothing more comes.
 	var total time.Duration
-	for _, d := range RetrySchedule {
-		total += time.Duration(float64(d) * timeScale)
+	for _, d := range sim.RetryDelays() {
+		total += d
 	}
 	deadline := time.Now().Add(total + 2*time.Second)
 	for time.Now().Before(deadline) {
@@ -464,9 +466,10 @@ func TestAFailedAttemptLogsWhenTheNextOneIs(t *testing.T) {
 	receiver := httptest.NewServer(stub)
 	t.Cleanup(receiver.Close)
 	_, server := newTestSim(t, Config{
-		Cluster:   Receiver{URL: receiver.URL + "/webhook/cluster", Secret: testSecret},
-		TimeScale: 0.0001, // 5 s → 0.5 ms
-		Logger:    slog.New(slog.NewTextHandler(&logs, nil)),
+		Cluster:    Receiver{URL: receiver.URL + "/webhook/cluster", Secret: testSecret},
+		TimeScale:  0.0001, // 5 s → 0.5 ms
+		RetryFloor: -1,
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
 	})
 	call(t, "POST", server.URL+"/optimize/cluster?synchronous=false", testKey, ExampleRequest())
 	for deadline := time.Now().Add(5 * time.Second); stub.count() < 2 && time.Now().Before(deadline); {
@@ -477,6 +480,89 @@ func TestAFailedAttemptLogsWhenTheNextOneIs(t *testing.T) {
 	}
 	if out := logs.String(); !strings.Contains(out, `msg="next attempt in 500µs"`) || !strings.Contains(out, "attempt=2") {
 		t.Errorf("no next-attempt line after the 500:\n%s", out)
+	}
+}
+
+func TestRetryDelaysAreScaledWithAFloor(t *testing.T) {
+	for _, tc := range []struct {
+		scale float64
+		floor time.Duration
+		want  string
+	}{
+		{1, DefaultRetryFloor, "[5s 5m0s 30m0s 2h0m0s 5h0m0s 10h0m0s 10h0m0s]"}, // Svix's own: the floor changes nothing
+		{0.1, DefaultRetryFloor, "[2.5s 30s 3m0s 12m0s 30m0s 1h0m0s 1h0m0s]"},
+		{0.001, DefaultRetryFloor, "[2.5s 2.5s 2.5s 7.2s 18s 36s 36s]"},
+		{0.1, 0, "[500ms 30s 3m0s 12m0s 30m0s 1h0m0s 1h0m0s]"},
+	} {
+		if got := fmt.Sprint(RetryDelays(tc.scale, tc.floor)); got != tc.want {
+			t.Errorf("RetryDelays(%g, %v) = %s, want %s", tc.scale, tc.floor, got, tc.want)
+		}
+	}
+	for floor, want := range map[time.Duration]time.Duration{0: DefaultRetryFloor, -1: 5 * time.Millisecond, time.Second: time.Second} {
+		sim, _ := newTestSim(t, Config{TimeScale: 0.001, RetryFloor: floor})
+		if got := sim.RetryDelays()[0]; got != want {
+			t.Errorf("Config.RetryFloor %v at time scale 0.001: first retry after %v, want %v", floor, got, want)
+		}
+	}
+}
+
+// receiverFailureMemory is how long the receiver answers a repeat of a
+// failed delivery from memory, without fetching (recentFor in the root
+// dedupe.go).
+const receiverFailureMemory = 2 * time.Second
+
+// forgetfulReceiver answers as the receiver does when the API is down for
+// its first fetch only: the first delivery fails (503), a repeat within
+// receiverFailureMemory of that failure gets the same 503 from memory, and
+// a later one is fetched (200).
+type forgetfulReceiver struct {
+	mu       sync.Mutex
+	failedAt time.Time
+	answers  []int
+}
+
+func (f *forgetfulReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	status := http.StatusOK
+	switch {
+	case f.failedAt.IsZero():
+		status, f.failedAt = http.StatusServiceUnavailable, time.Now()
+	case time.Since(f.failedAt) < receiverFailureMemory:
+		status = http.StatusServiceUnavailable // "a duplicate failed moments ago": not fetched
+	}
+	f.answers = append(f.answers, status)
+	w.WriteHeader(status)
+}
+
+// TestFirstRetryComesAfterTheReceiversFailureMemory: at the simulator's
+// development time scale (0.1: Svix's 5 s becomes 0.5 s), the first retry
+// after a failure still waits out the receiver's memory of that failure, so
+// it is fetched, not answered from memory (and the next try 30 s later).
+func TestFirstRetryComesAfterTheReceiversFailureMemory(t *testing.T) {
+	if DefaultRetryFloor <= receiverFailureMemory {
+		t.Fatalf("DefaultRetryFloor %v is within the receiver's failure memory (%v)", DefaultRetryFloor, receiverFailureMemory)
+	}
+	stub := &forgetfulReceiver{}
+	receiver := httptest.NewServer(stub)
+	t.Cleanup(receiver.Close)
+	sim, server := newTestSim(t, Config{
+		Cluster:   Receiver{URL: receiver.URL + "/webhook/cluster", Secret: testSecret},
+		TimeScale: 0.1, // cmd/optipick-sim's default
+	})
+	call(t, "POST", server.URL+"/optimize/cluster?synchronous=false", testKey, ExampleRequest())
+	for deadline := time.Now().Add(10 * time.Second); sim.Pending() > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	attempts := sim.Attempts()
+	stub.mu.Lock()
+	answers := fmt.Sprint(stub.answers)
+	stub.mu.Unlock()
+	if len(attempts) != 2 || answers != "[503 200]" {
+		t.Fatalf("%d attempts answered %s, want 2: the failure, then a retry that is fetched (200)", len(attempts), answers)
+	}
+	if gap := attempts[1].At.Sub(attempts[0].At.Add(attempts[0].Latency)); gap < DefaultRetryFloor || gap <= receiverFailureMemory {
+		t.Errorf("the first retry came %v after the failure was answered, want at least %v (over the receiver's %v)", gap, DefaultRetryFloor, receiverFailureMemory)
 	}
 }
 
