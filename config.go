@@ -51,11 +51,15 @@ func loadConfig(getenv func(string) string) (config, error) {
 	var err error
 	env := func(name string) string { return strings.TrimSpace(getenv(name)) }
 
+	if strings.Contains(getenv("WEBHOOK_SECRET"), placeholderSecret) {
+		return cfg, errors.New("WEBHOOK_SECRET: still .env.example's placeholder: copy the endpoint's signing secret " +
+			"from the OptiPick dashboard, or for the simulator make one with: go run ./cmd/optipick-sim -new-secret")
+	}
 	if cfg.verifier, err = newVerifier(getenv("WEBHOOK_SECRET")); err != nil {
-		return cfg, fmt.Errorf("WEBHOOK_SECRET: %w%s", err, hintIfEmpty(env("WEBHOOK_SECRET")))
+		return cfg, fmt.Errorf("WEBHOOK_SECRET: %w", err)
 	}
 	if cfg.apiKey, err = readAPIKey(env("OPTIPICK_API_KEY")); err != nil {
-		return cfg, fmt.Errorf("OPTIPICK_API_KEY: %w%s", err, hintIfEmpty(env("OPTIPICK_API_KEY")))
+		return cfg, fmt.Errorf("OPTIPICK_API_KEY: %w", err)
 	}
 	if cfg.apiURL, err = readAPIURL(env("OPTIPICK_API_URL")); err != nil {
 		return cfg, fmt.Errorf("OPTIPICK_API_URL: %w", err)
@@ -78,7 +82,7 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if cfg.dedupeWindow, err = readDuration(env("DEDUPE_WINDOW"), "24h", 0); err != nil {
 		return cfg, errors.New("DEDUPE_WINDOW: must be a duration such as 24h, 90m or 0")
 	}
-	if cfg.metricsAddr, err = readMetricsAddr(env("METRICS_ADDR")); err != nil {
+	if cfg.metricsAddr, err = readMetricsAddr(env("METRICS_ADDR"), cfg.port); err != nil {
 		return cfg, fmt.Errorf("METRICS_ADDR: %w", err)
 	}
 	if cfg.shutdownDelay, err = readDuration(env("SHUTDOWN_DELAY"), "0s", time.Minute); err != nil {
@@ -87,10 +91,13 @@ func loadConfig(getenv func(string) string) (config, error) {
 	return cfg, nil
 }
 
+// errRequired marks the error of a required variable that is not set.
+var errRequired = errors.New("required")
+
 func readAPIKey(key string) (string, error) {
 	switch {
 	case key == "":
-		return "", errors.New("required (create one in OptiPick under Settings → API Keys)")
+		return "", fmt.Errorf("%w (create one in OptiPick under Settings → API Keys)", errRequired)
 	case strings.ContainsAny(key, "\r\n"):
 		return "", errors.New("must be a single line")
 	}
@@ -132,12 +139,16 @@ func readDuration(value, fallback string, most time.Duration) (time.Duration, er
 	return d, err
 }
 
-func readMetricsAddr(addr string) (string, error) {
+func readMetricsAddr(addr, webhookPort string) (string, error) {
 	if addr == "" {
 		return "", nil
 	}
-	if _, port, err := net.SplitHostPort(addr); err != nil || !isPort(port) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || !isPort(port) {
 		return "", errors.New("must be host:port or :port, such as :9090 (empty: no metrics)")
+	}
+	if port == webhookPort && port != "0" {
+		return "", fmt.Errorf("port %s is the webhook port (PORT): metrics need a port of their own, such as :9090", port)
 	}
 	if newMetrics == nil {
 		return "", errors.New("set, but this build has no metrics (metrics.go was left out); unset it")
@@ -150,11 +161,8 @@ func isPort(s string) bool {
 	return err == nil
 }
 
-// hintIfEmpty is a hint for a required variable that is empty: perhaps
-// there is no .env.
-func hintIfEmpty(value string) string {
-	if value == "" {
-		return " (no .env here? cp .env.example .env and fill it in)"
-	}
-	return ""
-}
+// placeholders are .env.example's values of the required variables.
+const (
+	placeholderSecret = "whsec_replace_with_your_endpoint_secret"
+	placeholderAPIKey = "replace-with-your-api-key"
+)

@@ -4,6 +4,7 @@ package main
 // startup errors that name it.
 
 import (
+	"errors"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -18,7 +19,7 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 		variable string
 		says     string // the error says this too
 	}{
-		{"no secret", map[string]string{"WEBHOOK_SECRET": ""}, "WEBHOOK_SECRET", "required: the endpoint's signing secret (whsec_...) from the OptiPick dashboard (no .env here? cp .env.example .env and fill it in)"},
+		{"no secret", map[string]string{"WEBHOOK_SECRET": ""}, "WEBHOOK_SECRET", "required: the endpoint's signing secret (whsec_...) from the OptiPick dashboard"},
 		{"only separators", map[string]string{"WEBHOOK_SECRET": " , ,"}, "WEBHOOK_SECRET", "required"},
 		{"bare whsec_", map[string]string{"WEBHOOK_SECRET": "whsec_"}, "WEBHOOK_SECRET", "secret 1 of 1 is not whsec_ followed by standard base64"},
 		{"bad base64", map[string]string{"WEBHOOK_SECRET": "whsec_s3cr3t!value"}, "WEBHOOK_SECRET", "secret 1 of 1 is not"},
@@ -27,7 +28,7 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 		{"third secret without prefix", map[string]string{"WEBHOOK_SECRET": testSecret + " " + secondSecret + " s3cr3t"}, "WEBHOOK_SECRET", "secret 3 of 3 does not start"},
 		{"a quote in the second of three", map[string]string{"WEBHOOK_SECRET": testSecret + ` "` + secondSecret + `" ` + testSecret}, "WEBHOOK_SECRET", "secret 2 of 3 holds # or a quote"},
 		{"a comment", map[string]string{"WEBHOOK_SECRET": testSecret + " #s3cr3t"}, "WEBHOOK_SECRET", "secret 2 of 2 holds # or a quote"},
-		{"no API key", map[string]string{"OPTIPICK_API_KEY": ""}, "OPTIPICK_API_KEY", "cp .env.example .env"},
+		{"no API key", map[string]string{"OPTIPICK_API_KEY": ""}, "OPTIPICK_API_KEY", "required (create one in OptiPick"},
 		{"API key of spaces", map[string]string{"OPTIPICK_API_KEY": " \t "}, "OPTIPICK_API_KEY", "required"},
 		{"API key of two lines", map[string]string{"OPTIPICK_API_KEY": "k3y-one\nk3y-two"}, "OPTIPICK_API_KEY", "single line"},
 		{"API key with a CR", map[string]string{"OPTIPICK_API_KEY": "k3y-one\rk3y-two"}, "OPTIPICK_API_KEY", "single line"},
@@ -48,6 +49,9 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 		{"negative dedupe window of 1ns", map[string]string{"DEDUPE_WINDOW": "-1ns"}, "DEDUPE_WINDOW", "duration"},
 		{"metrics address without port", map[string]string{"METRICS_ADDR": "localhost"}, "METRICS_ADDR", "host:port or :port"},
 		{"metrics address with an empty port", map[string]string{"METRICS_ADDR": "localhost:"}, "METRICS_ADDR", "host:port"},
+		{"metrics on the webhook port", map[string]string{"PORT": "8080", "METRICS_ADDR": ":8080"}, "METRICS_ADDR", "port 8080 is the webhook port (PORT)"},
+		{"metrics on PORT", map[string]string{"PORT": "9000", "METRICS_ADDR": "127.0.0.1:9000"}, "METRICS_ADDR", "webhook port"},
+		{"the secret placeholder", map[string]string{"WEBHOOK_SECRET": "whsec_replace_with_your_endpoint_secret"}, "WEBHOOK_SECRET", "placeholder: copy the endpoint's signing secret from the OptiPick dashboard, or for the simulator make one with: go run ./cmd/optipick-sim -new-secret"},
 		{"shutdown delay not a duration", map[string]string{"SHUTDOWN_DELAY": "soon"}, "SHUTDOWN_DELAY", "0s to 1m"},
 		{"negative shutdown delay", map[string]string{"SHUTDOWN_DELAY": "-1ns"}, "SHUTDOWN_DELAY", "0s to 1m"},
 		{"shutdown delay over a minute", map[string]string{"SHUTDOWN_DELAY": "1m0.001s"}, "SHUTDOWN_DELAY", "0s to 1m"},
@@ -72,10 +76,10 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 			if logs != "" {
 				t.Errorf("logged before failing: %q", logs)
 			}
-			// The hint is for a missing secret only, not for a wrong one.
-			missing := strings.TrimSpace(tc.env[tc.variable]) == "" && (tc.variable == "WEBHOOK_SECRET" || tc.variable == "OPTIPICK_API_KEY")
-			if hint := strings.Contains(msg, "cp .env.example"); hint != missing {
-				t.Errorf("error %q: hint to copy .env.example is %v", msg, hint)
+			// A missing required variable is told apart (main's hint), a wrong one not.
+			missing := strings.Trim(tc.env[tc.variable], " ,\t") == "" && (tc.variable == "WEBHOOK_SECRET" || tc.variable == "OPTIPICK_API_KEY")
+			if required := errors.Is(err, errRequired); required != missing {
+				t.Errorf("error %q: errRequired is %v, want %v", msg, required, missing)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,6 +120,9 @@ func answer(w http.ResponseWriter, d delivery, shared bool, err error,
 		rejected.log(slog.LevelWarn, "delivery not handled (a duplicate failed moments ago); Svix will retry", attrs...)
 	} else {
 		logger.Error("delivery not handled; Svix will retry", attrs...)
+	}
+	if after := retryAfter(err); after > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(after.Seconds())))
 	}
 	http.Error(w, "not handled yet; retry later", status)
 	if errors.Is(err, errProcessing) || errors.Is(err, errWorkDidNotReturn) {
@@ -286,7 +290,7 @@ type verifier []*svix.Webhook
 func newVerifier(secrets string) (verifier, error) {
 	entries := strings.Fields(strings.ReplaceAll(secrets, ",", " "))
 	if len(entries) == 0 {
-		return nil, errors.New("required: the endpoint's signing secret (whsec_...) from the OptiPick dashboard")
+		return nil, fmt.Errorf("%w: the endpoint's signing secret (whsec_...) from the OptiPick dashboard", errRequired)
 	}
 	if len(entries) > maxSecrets {
 		return nil, fmt.Errorf("%d secrets; at most %d (one per endpoint, two during a rotation)",

@@ -13,6 +13,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -41,14 +42,28 @@ func main() {
 	}()
 	// Real environment variables win. godotenv's errors quote the file,
 	// secrets included, so its error is not shown.
-	if err := godotenv.Load(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := godotenv.Load()
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		fmt.Fprintln(os.Stderr, "error: .env: cannot be read or parsed (expected KEY=value lines)")
 		os.Exit(1)
 	}
+	envFileFound := err == nil
 	if err := run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
+		if hint := startupHint(err, envFileFound); hint != "" {
+			fmt.Fprintln(os.Stderr, "hint:", hint)
+		}
 		os.Exit(1)
 	}
+}
+
+// startupHint is a hint for a startup error: a required variable that is
+// not set, when there is no .env, suggests making one.
+func startupHint(err error, envFileFound bool) string {
+	if errors.Is(err, errRequired) && !envFileFound {
+		return "no .env here? cp .env.example .env and fill it in"
+	}
+	return ""
 }
 
 // version is set at build time (-ldflags "-X main.version=v1.2.3"); when it
@@ -112,15 +127,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // runFlags reads the command line: two flags, and no arguments (the
 // settings come from the environment). done reports that it did what the
-// command line asked (-h, -version or -healthcheck): run has nothing left
-// to do.
+// command line asked (-h, -version or -healthcheck), or that it was wrong:
+// run has nothing left to do. Help asked for goes to stdout; after a
+// mistake, to stderr.
 func runFlags(args []string, getenv func(string) string, stdout, stderr io.Writer) (done bool, err error) {
 	flags := flag.NewFlagSet("optipick-webhooks", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	var help bytes.Buffer
+	flags.SetOutput(&help)
 	flags.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: optipick-webhooks [-healthcheck | -version]")
+		fmt.Fprintln(&help, "Usage: optipick-webhooks [-healthcheck | -version]")
 		flags.PrintDefaults()
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(&help, usage)
 	}
 	healthcheck := flags.Bool("healthcheck", false,
 		"GET /healthz on this machine's PORT and exit 0 if it answers 200 (for container HEALTHCHECKs)")
@@ -128,9 +145,14 @@ func runFlags(args []string, getenv func(string) string, stdout, stderr io.Write
 	err = flags.Parse(args[min(1, len(args)):])
 	switch {
 	case errors.Is(err, flag.ErrHelp):
+		help.WriteTo(stdout)
 		return true, nil
 	case err != nil:
+		help.WriteTo(stderr)
 		return true, err
+	case flags.NArg() > 0: // not echoed: it may be a secret pasted in the wrong place
+		return true, fmt.Errorf("%d unexpected argument(s): the settings come from the environment, "+
+			"such as PORT=9000 optipick-webhooks (see -h)", flags.NArg())
 	case *showVersion:
 		fmt.Fprintln(stdout, "optipick-webhooks", buildVersion(), runtime.Version())
 		return true, nil
@@ -185,6 +207,10 @@ func logListening(logger *slog.Logger, addr net.Addr, cfg config) {
 		"api_url", cfg.apiURL.Redacted(),
 		"secrets", len(cfg.verifier),
 		"dedupe_window", cfg.dedupeWindow.String())
+	if cfg.apiKey == placeholderAPIKey {
+		logger.Warn("OPTIPICK_API_KEY is still .env.example's placeholder: OptiPick will refuse every fetch " +
+			"(the simulator takes any key); create a key in OptiPick under Settings → API Keys")
+	}
 	if cfg.apiURL.Scheme == "http" && !isLoopback(cfg.apiURL.Hostname()) {
 		logger.Warn("OPTIPICK_API_URL is plain http to another machine: the API key travels in clear text; use https",
 			"api_url", cfg.apiURL.Redacted())

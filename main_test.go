@@ -258,3 +258,59 @@ func TestReadinessFollowsTheDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHelpGoesToStdout: -h prints the usage on stdout and exits 0.
+func TestHelpGoesToStdout(t *testing.T) {
+	stdout, err := runBriefly(t, nil, "-h")
+	if err != nil || !strings.Contains(stdout, "Usage: optipick-webhooks") || !strings.Contains(stdout, "WEBHOOK_SECRET") {
+		t.Errorf("-h: %v, stdout %q; want the usage on stdout and no error", err, stdout)
+	}
+}
+
+// TestStrayArgumentsAreRefused: the settings come from the environment, so
+// an argument (a port, a word) is refused with how to set it, not ignored;
+// and not echoed, in case it is a secret pasted in the wrong place.
+func TestStrayArgumentsAreRefused(t *testing.T) {
+	for _, args := range [][]string{{"8081"}, {"foo", "bar"}, {"-version", "whsec_s3cr3t"}} {
+		logs, err := runBriefly(t, validEnv, args...)
+		if err == nil || !strings.Contains(err.Error(), "PORT=9000") || logs != "" {
+			t.Errorf("run %v: %v (logs %q), want a startup error that says how to set PORT", args, err, logs)
+			continue
+		}
+		if strings.Contains(err.Error(), args[len(args)-1]) {
+			t.Errorf("run %v: %q repeats the argument", args, err)
+		}
+	}
+}
+
+// TestTheEnvFileHintOnlyWithoutOne: a required variable missing suggests
+// copying .env.example only when there is no .env; other errors get no hint.
+func TestTheEnvFileHintOnlyWithoutOne(t *testing.T) {
+	_, missing := runBriefly(t, map[string]string{"OPTIPICK_API_KEY": testAPIKey})
+	_, wrong := runBriefly(t, merge(validEnv, map[string]string{"PORT": "http"}))
+	for _, tc := range []struct {
+		err          error
+		envFileFound bool
+		want         bool
+	}{
+		{missing, false, true},
+		{missing, true, false},
+		{wrong, false, false},
+	} {
+		if hint := startupHint(tc.err, tc.envFileFound); (hint != "") != tc.want {
+			t.Errorf("%v with a .env: %v: hint %q", tc.err, tc.envFileFound, hint)
+		}
+	}
+}
+
+// TestThePlaceholderAPIKeyIsWarnedAbout: .env.example's API key left in
+// place starts the service (the simulator takes any key), with a warning.
+func TestThePlaceholderAPIKeyIsWarnedAbout(t *testing.T) {
+	logs, err := runBriefly(t, merge(validEnv, map[string]string{"OPTIPICK_API_KEY": placeholderAPIKey}))
+	if err != nil || !strings.Contains(logs, "OPTIPICK_API_KEY is still .env.example's placeholder") {
+		t.Errorf("run with the placeholder key: %v, logs:\n%s\nwant a warning", err, logs)
+	}
+	if logs, _ := runBriefly(t, validEnv); strings.Contains(logs, "placeholder") {
+		t.Errorf("a real key warned about:\n%s", logs)
+	}
+}

@@ -31,6 +31,13 @@ const (
 	// OptiPick answers with a few hundred bytes of headers; Go's default
 	// allows 10 MiB, times every fetch in flight.
 	maxResponseHeaderBytes = 64 << 10
+	// When OptiPick throttles us (429) or is unavailable (503), the delivery
+	// is answered 503 with a Retry-After for Svix (which waits the longer of
+	// it and its own backoff): what OptiPick asked for, at least
+	// minRetryAfter and at most maxRetryAfter, so that a throttle is waited
+	// out without losing much of the event's 27 h of retries.
+	minRetryAfter = 30 * time.Second
+	maxRetryAfter = time.Hour
 	// How much of an unexpected answer, a site_name and an error is logged.
 	maxExcerptBytes  = 256
 	maxSiteNameBytes = 200
@@ -178,7 +185,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	defer func() { c.metrics.apiCalled(status, time.Since(start)) }()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, withSettingToCheck(err)
 	}
 	defer resp.Body.Close()
 	status = resp.StatusCode
@@ -209,6 +216,17 @@ func (c *optiPickClient) readResult(body io.Reader, requestID, shown string) (*o
 			shown, err, excerpt(c.redact(rr.readStart()), maxExcerptBytes))
 	}
 	return res, nil
+}
+
+// withSettingToCheck names the setting to check when the API could not be
+// reached at all: no such host, or a connection refused or timed out.
+func withSettingToCheck(err error) error {
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
+	if errors.As(err, &dnsErr) || errors.As(err, &opErr) && opErr.Op == "dial" {
+		return fmt.Errorf("%w (is OPTIPICK_API_URL right, and the API reachable from here?)", err)
+	}
+	return err
 }
 
 // checkRequestID refuses a result that does not answer wantID.
@@ -297,12 +315,28 @@ func (e *apiError) Error() string {
 }
 
 // HTTPStatus is what a delivery that failed with e is answered: 503 when
-// the API throttled us, else 502.
+// the API throttled us or was unavailable, else 502.
 func (e *apiError) HTTPStatus() int {
-	if e.Status == http.StatusTooManyRequests {
+	if e.comeBackLater() {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusBadGateway
+}
+
+func (e *apiError) comeBackLater() bool {
+	return e.Status == http.StatusTooManyRequests || e.Status == http.StatusServiceUnavailable
+}
+
+// retryAfter is the Retry-After for a delivery that failed with err, or 0
+// for none: when OptiPick throttled us, was unavailable, or asked to retry
+// later than the deadline allows, what it asked for, within minRetryAfter
+// and maxRetryAfter.
+func retryAfter(err error) time.Duration {
+	var apiErr *apiError
+	if !errors.As(err, &apiErr) || !apiErr.comeBackLater() && apiErr.RetryAfter == 0 {
+		return 0
+	}
+	return min(max(apiErr.RetryAfter, minRetryAfter), maxRetryAfter)
 }
 
 // retryable reports whether another attempt may succeed: network errors

@@ -639,3 +639,59 @@ func TestAStalledResultBodyIs504(t *testing.T) {
 		}
 	})
 }
+
+// TestAnUnreachableAPINamesTheSetting: an API that refuses connections is
+// a failed fetch whose error names OPTIPICK_API_URL, the setting to check.
+func TestAnUnreachableAPINamesTheSetting(t *testing.T) {
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close() // its port now refuses connections
+	base, _ := url.Parse(closed.URL)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second) // no time for a retry
+	defer cancel()
+	_, err := clientOver(base, false, nil).fetch(ctx, kindCluster, testRequestID)
+	if err == nil || !strings.Contains(err.Error(), "is OPTIPICK_API_URL right") {
+		t.Fatalf("fetch from a closed port: %v, want an error naming OPTIPICK_API_URL", err)
+	}
+	if !retryable(ctx, err) && ctx.Err() == nil {
+		t.Errorf("%v is not retryable", err)
+	}
+}
+
+// TestThrottlingPassesRetryAfterOnToSvix: when OptiPick throttles us (429)
+// or is unavailable (503), or asks to retry later than the deadline allows,
+// the delivery's 503 carries a Retry-After that Svix honours: what OptiPick
+// asked for, at least minRetryAfter, at most maxRetryAfter. Other failures
+// carry none.
+func TestThrottlingPassesRetryAfterOnToSvix(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		status     int
+		retryAfter string // what OptiPick sent
+		wantStatus int
+		want       string // the Retry-After answered; "" for none
+	}{
+		{"429 with Retry-After", http.StatusTooManyRequests, "120", http.StatusServiceUnavailable, "120"},
+		{"429 without Retry-After", http.StatusTooManyRequests, "", http.StatusServiceUnavailable, "30"},
+		{"429 asking for 2 s, again and again", http.StatusTooManyRequests, "2", http.StatusServiceUnavailable, "30"},
+		{"503 asking for a day", http.StatusServiceUnavailable, "86400", http.StatusServiceUnavailable, "3600"},
+		{"500 asking for 2 min", http.StatusInternalServerError, "120", http.StatusServiceUnavailable, "120"},
+		{"500", http.StatusInternalServerError, "", http.StatusBadGateway, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				rig := newBubbleRig(t, testSecret)
+				rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					http.Error(w, `{"message":"Too Many Requests"}`, tc.status)
+				}
+				resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+				if resp.Code != tc.wantStatus || resp.Header().Get("Retry-After") != tc.want {
+					t.Errorf("answered %d with Retry-After %q, want %d with %q",
+						resp.Code, resp.Header().Get("Retry-After"), tc.wantStatus, tc.want)
+				}
+			})
+		})
+	}
+}
