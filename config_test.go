@@ -4,8 +4,8 @@ package main
 // startup errors that name it.
 
 import (
-	"errors"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 )
