@@ -66,7 +66,8 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 				t.Errorf("error %q does not start with %s: or lacks %q", msg, tc.variable, tc.says)
 			}
 			if value := tc.env[tc.variable]; len(strings.TrimSpace(value)) > len("whsec_") && strings.Contains(msg, value) ||
-				strings.Contains(msg, "s3cr3t") || strings.Contains(msg, "k3y") || strings.Contains(msg, "h0st") ||
+				strings.Contains(msg, "s3cr3t") || strings.Contains(msg, "k3y") ||
+				strings.Contains(msg, "h0st") ||
 				strings.Contains(msg, strings.TrimPrefix(secondSecret, "whsec_")) {
 				t.Errorf("error %q repeats the value", msg)
 			}
@@ -77,7 +78,8 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 				t.Errorf("logged before failing: %q", logs)
 			}
 			// A missing required variable is told apart (main's hint), a wrong one not.
-			missing := strings.Trim(tc.env[tc.variable], " ,\t") == "" && (tc.variable == "WEBHOOK_SECRET" || tc.variable == "OPTIPICK_API_KEY")
+			missing := strings.Trim(tc.env[tc.variable], " ,\t") == "" &&
+				(tc.variable == "WEBHOOK_SECRET" || tc.variable == "OPTIPICK_API_KEY")
 			if required := errors.Is(err, errRequired); required != missing {
 				t.Errorf("error %q: errRequired is %v, want %v", msg, required, missing)
 			}
@@ -150,7 +152,10 @@ func TestLogLevelAndFormat(t *testing.T) {
 		{"error", "JSON", false},
 	} {
 		t.Run(tc.level+"/"+tc.format, func(t *testing.T) {
-			logs, err := runBriefly(t, merge(validEnv, map[string]string{"LOG_LEVEL": tc.level, "LOG_FORMAT": tc.format}))
+			logs, err := runBriefly(
+				t,
+				merge(validEnv, map[string]string{"LOG_LEVEL": tc.level, "LOG_FORMAT": tc.format}),
+			)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -42,7 +42,8 @@ func limitTestMux(release <-chan struct{}) *http.ServeMux {
 func idleConn(t *testing.T, s *bubbleServer, path string) net.Conn {
 	t.Helper()
 	conn := s.dial(t)
-	if resp, err := send(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil || resp.StatusCode != http.StatusOK {
+	if resp, err := send(conn, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil ||
+		resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %v %v", path, resp, err)
 	}
 	synctest.Wait() // the server has gone back to waiting for the next request
@@ -239,7 +240,11 @@ func TestSilentConnectionsAreShed(t *testing.T) {
 			t.Fatalf("newcomer: %v %v", resp, err)
 		}
 		if waited := time.Since(start); waited > 2*shedAfter {
-			t.Errorf("newcomer waited %v for silent connections (ReadHeaderTimeout is %v)", waited, s.srv.ReadHeaderTimeout)
+			t.Errorf(
+				"newcomer waited %v for silent connections (ReadHeaderTimeout is %v)",
+				waited,
+				s.srv.ReadHeaderTimeout,
+			)
 		}
 	})
 }
@@ -265,7 +270,9 @@ func TestAKeepAliveSenderIsNotShedForAYoungConnection(t *testing.T) {
 		}
 		synctest.Wait()
 		if isClosed(sender) {
-			t.Error("the keep-alive connection that carried a verified delivery was shed while a never-verified one was open")
+			t.Error(
+				"the keep-alive connection that carried a verified delivery was shed while a never-verified one was open",
+			)
 		}
 		if !isClosed(young) {
 			t.Error("the young, never-verified connection was not shed")
@@ -285,8 +292,16 @@ func TestReplaysDoNotRankWithTheSender(t *testing.T) {
 			s := startBubbleServer(t, rig.handler, 2)
 			body := requestBody(testRequestID)
 			req := signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_replayed", time.Now())
-			delivery := fmt.Sprintf("POST /webhook/cluster HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nSvix-Id: %s\r\nSvix-Timestamp: %s\r\nSvix-Signature: %s\r\n\r\n%s",
-				len(body), req.Header.Get("Svix-Id"), req.Header.Get("Svix-Timestamp"), req.Header.Get("Svix-Signature"), body)
+			delivery := fmt.Sprintf(
+				"POST /webhook/cluster HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nSvix-Id: %s\r\nSvix-Timestamp: %s\r\nSvix-Signature: %s\r\n\r\n%s",
+				len(
+					body,
+				),
+				req.Header.Get("Svix-Id"),
+				req.Header.Get("Svix-Timestamp"),
+				req.Header.Get("Svix-Signature"),
+				body,
+			)
 			var sender net.Conn
 			for i, want := range []string{"fetched\n", "already handled\n"} { // the sender's, then a repeater's
 				conn := s.dial(t)
@@ -443,6 +458,12 @@ func TestTheMetricsPortHasAConnectionCap(t *testing.T) {
 	}
 	// The extra ones, and one more for the scrape.
 	if want := extra + 1; closed < want {
-		t.Errorf("%d of %d silent connections were shed, want at least %d: the cap is %d", closed, len(silent), want, maxConnections)
+		t.Errorf(
+			"%d of %d silent connections were shed, want at least %d: the cap is %d",
+			closed,
+			len(silent),
+			want,
+			maxConnections,
+		)
 	}
 }

@@ -34,7 +34,9 @@ func unbranded(req *http.Request) *http.Request {
 func TestUnbrandedDeliveriesAreDedupedByTheirOwnID(t *testing.T) {
 	rig := newRig(t, testSecret)
 	deliver := func(msgID, requestID string) (int, string) {
-		resp := rig.deliver(unbranded(signedDeliveryAt(t, testSecret, "/webhook/cluster", requestBody(requestID), msgID, time.Now())))
+		resp := rig.deliver(
+			unbranded(signedDeliveryAt(t, testSecret, "/webhook/cluster", requestBody(requestID), msgID, time.Now())),
+		)
 		return resp.Code, resp.Body.String()
 	}
 	if code, body := deliver("msg_first", "aaa"); code != http.StatusOK || body != "fetched\n" {
@@ -194,7 +196,12 @@ func TestAMessageIsForgottenExactlyWhenItNoLongerMatters(t *testing.T) {
 			time.Sleep(max(window, bindFor) - time.Nanosecond)
 			d.do(t.Context(), kindCluster, "b", ok) // sweeps what has expired
 			if _, err := d.do(t.Context(), kindRoute, "a", ok); d.Len() != 2 || err != errOtherKind {
-				t.Fatalf("window %v: %d remembered and %v for a's other kind, want 2 and errOtherKind a moment before", window, d.Len(), err)
+				t.Fatalf(
+					"window %v: %d remembered and %v for a's other kind, want 2 and errOtherKind a moment before",
+					window,
+					d.Len(),
+					err,
+				)
 			}
 			time.Sleep(time.Nanosecond)
 			d.do(t.Context(), kindCluster, "c", ok)
@@ -217,7 +224,11 @@ func TestReplacedEntriesCountTowardsCapacity(t *testing.T) {
 			time.Sleep(recentFor)
 		}
 		if len(d.ended) > 10 || d.Len() != 2 {
-			t.Errorf("%d entries held, %d remembered: want at most the capacity, 10, and one per kind", len(d.ended), d.Len())
+			t.Errorf(
+				"%d entries held, %d remembered: want at most the capacity, 10, and one per kind",
+				len(d.ended),
+				d.Len(),
+			)
 		}
 	})
 }
@@ -327,7 +338,12 @@ func TestAFailedMessageBindsNoKind(t *testing.T) {
 		}
 		limit := 2 * (int(10*time.Second/recentFor) + 1)
 		if calls := len(rig.api.recorded()); calls > limit {
-			t.Errorf("a failure and 100 replays in 10 s made %d API calls, want at most one per kind per %v (%d)", calls, recentFor, limit)
+			t.Errorf(
+				"a failure and 100 replays in 10 s made %d API calls, want at most one per kind per %v (%d)",
+				calls,
+				recentFor,
+				limit,
+			)
 		}
 		if n := strings.Count(rig.logs.String(), "level=ERROR"); n > limit {
 			t.Errorf("%d ERROR lines, want at most one per kind per %v (%d)", n, recentFor, limit)
@@ -557,13 +573,18 @@ func TestDedupeSurvivesWorkThatDoesNotReturn(t *testing.T) {
 					t.Errorf("the waiting duplicate: %v, want %v", err, tc.want)
 				}
 				if tc.name == "panic" {
-					if err := <-first; !errors.Is(err, tc.want) || !strings.Contains(err.Error(), "boom") || !strings.Contains(err.Error(), "goroutine") {
+					if err := <-first; !errors.Is(err, tc.want) || !strings.Contains(err.Error(), "boom") ||
+						!strings.Contains(err.Error(), "goroutine") {
 						t.Errorf("the first caller: %v, want %v with the value and the stack", err, tc.want)
 					}
 				}
 				time.Sleep(recentFor) // Svix's retry
 				ran := false
-				if already, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error { ran = true; return nil }); already || err != nil || !ran {
+				already, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error {
+					ran = true
+					return nil
+				})
+				if already || err != nil || !ran {
 					t.Fatalf("afterwards: already=%v err=%v ran=%v; want the work to run again", already, err, ran)
 				}
 			})
@@ -649,14 +670,19 @@ func TestAWaitingDuplicateLeavesAtItsOwnDeadline(t *testing.T) {
 		synctest.Wait()
 		waiterCtx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		if _, err := d.do(waiterCtx, kindCluster, "k", func(context.Context) error { return nil }); !errors.Is(err, context.DeadlineExceeded) {
+		_, err := d.do(waiterCtx, kindCluster, "k", func(context.Context) error { return nil })
+		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("waiter: %v, want its own deadline", err)
 		}
 		close(release)
 		if err := <-first; err != nil {
 			t.Fatalf("first caller: %v", err)
 		}
-		if already, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error { t.Error("ran again"); return nil }); !already || err != nil {
+		already, err := d.do(t.Context(), kindCluster, "k", func(context.Context) error {
+			t.Error("ran again")
+			return nil
+		})
+		if !already || err != nil {
 			t.Errorf("after the work ended: already=%v err=%v, want it remembered", already, err)
 		}
 	})
@@ -679,7 +705,9 @@ func TestASenderThatGoesAwayDoesNotCancelTheWork(t *testing.T) {
 		body := requestBody(testRequestID)
 		ctx, goAway := context.WithCancel(t.Context())
 		time.AfterFunc(time.Second, goAway)
-		first := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_gone", time.Now()).WithContext(ctx))
+		first := rig.deliver(
+			signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_gone", time.Now()).WithContext(ctx),
+		)
 		if first.Code != http.StatusOK {
 			t.Errorf("the delivery whose sender left: %d %q, want the work done (200)", first.Code, first.Body)
 		}
@@ -714,7 +742,9 @@ func TestAWaitingDuplicateLeavesWhenItsSenderDoes(t *testing.T) {
 		ctx, goAway := context.WithCancel(t.Context())
 		waiter := make(chan struct{})
 		go func() {
-			rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_slow", time.Now()).WithContext(ctx))
+			rig.deliver(
+				signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_slow", time.Now()).WithContext(ctx),
+			)
 			close(waiter)
 		}()
 		synctest.Wait()

@@ -95,7 +95,14 @@ func BenchmarkHandler(b *testing.B) {
 	fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) { return result, nil }
 	logger := newLogger(io.Discard, slog.LevelInfo, "json")
 	// Window 0: every iteration is a new delivery, not a remembered one.
-	handler := newServer(webhookDeps{logger: logger, verifier: v, fetch: fetch, process: logSummary(logger), seen: newDedupe(0, 1), metrics: noMetrics{}}, alwaysReady)
+	handler := newServer(webhookDeps{
+		logger:   logger,
+		verifier: v,
+		fetch:    fetch,
+		process:  logSummary(logger),
+		seen:     newDedupe(0, 1),
+		metrics:  noMetrics{},
+	}, alwaysReady)
 
 	body := requestBody(testRequestID)
 	template := signedDelivery(b, testSecret, "/webhook/cluster", body)
@@ -156,7 +163,14 @@ func FuzzWebhook(f *testing.F) {
 	f.Add(requestBody(testRequestID), "msg_1", "", "", true, true)
 	f.Add([]byte(`{"request_id":"../../x"}`), "msg_2", "", "", true, false)
 	f.Add([]byte(`{"request_id":"a","request_id":"b/c"}`), "msg_3", "", "", true, true)
-	f.Add([]byte(`{"test": 2432232314}`), "msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", false, false)
+	f.Add(
+		[]byte(`{"test": 2432232314}`),
+		"msg_p5jXN8AQM9LWM0D4loKWxJek",
+		"1614265330",
+		"v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+		false,
+		false,
+	)
 	f.Add(requestBody(testRequestID), "msg_4", "+99999999999", "v1, v1,, ,v1", false, true)
 	f.Add([]byte("\xff\xfe{"), "msg\r\n5", "12345678901234567890", "v1a,xyz", false, false)
 
@@ -181,7 +195,14 @@ func FuzzWebhook(f *testing.F) {
 			return &optimization{}, nil
 		}
 		logger := slog.New(slog.DiscardHandler)
-		handler := newServer(webhookDeps{logger: logger, verifier: v, fetch: fetch, process: logSummary(logger), seen: newDedupe(0, 1), metrics: noMetrics{}}, alwaysReady)
+		handler := newServer(webhookDeps{
+			logger:   logger,
+			verifier: v,
+			fetch:    fetch,
+			process:  logSummary(logger),
+			seen:     newDedupe(0, 1),
+			metrics:  noMetrics{},
+		}, alwaysReady)
 
 		kind := "cluster"
 		if route {
@@ -206,7 +227,9 @@ func FuzzWebhook(f *testing.F) {
 		}
 		for _, target := range fetched {
 			u, err := url.Parse(target)
-			if err != nil || !strings.HasPrefix(u.Path, "/latest/optimize/"+kind+"/") || strings.Count(u.Path, "/") != 4 || u.RawQuery != "" {
+			if err != nil || !strings.HasPrefix(u.Path, "/latest/optimize/"+kind+"/") ||
+				strings.Count(u.Path, "/") != 4 ||
+				u.RawQuery != "" {
 				t.Fatalf("fetched %q, outside /optimize/%s/", target, kind)
 			}
 		}
@@ -332,8 +355,14 @@ func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
 			rig := newRig(t, testSecret)
 			resp := rig.deliver(signedDelivery(t, testSecret, tc.path, requestBody(testRequestID)))
 
-			if resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" || resp.Header().Get("Content-Type") != "text/plain; charset=utf-8" {
-				t.Fatalf("answer = %d %q (%s), want 200 \"fetched\\n\" (text/plain; charset=utf-8)", resp.Code, resp.Body, resp.Header().Get("Content-Type"))
+			if resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" ||
+				resp.Header().Get("Content-Type") != "text/plain; charset=utf-8" {
+				t.Fatalf(
+					"answer = %d %q (%s), want 200 \"fetched\\n\" (text/plain; charset=utf-8)",
+					resp.Code,
+					resp.Body,
+					resp.Header().Get("Content-Type"),
+				)
 			}
 			want := []apiCall{{Path: "/optimize/" + tc.kind + "/" + testRequestID, APIKey: testAPIKey}}
 			rig.api.assertCalls(t, want)
@@ -347,7 +376,8 @@ func TestValidDeliveriesFetchTheRightResultOnce(t *testing.T) {
 			if tc.kind == "cluster" && !strings.Contains(logs, "saving_pct=25 ") {
 				t.Errorf("log lacks the saving (as-is 200, optimal 150):\n%s", logs)
 			}
-			if !strings.Contains(logs, `msg="optimization result"`) || !strings.Contains(logs, `\"timestamp\":\"2024-12-04T16:52:49.303000\"`) {
+			if !strings.Contains(logs, `msg="optimization result"`) ||
+				!strings.Contains(logs, `\"timestamp\":\"2024-12-04T16:52:49.303000\"`) {
 				t.Errorf("debug log lacks the whole result:\n%s", logs)
 			}
 		})
@@ -387,7 +417,8 @@ func TestUnverifiedDeliveriesAreRejectedBeforeTheAPI(t *testing.T) {
 				t.Errorf("body = %q, want the generic %q", got, "invalid signature")
 			}
 			rig.api.assertCalls(t, nil)
-			if logs := rig.logs.String(); !strings.Contains(logs, "signature not verified") || !strings.Contains(logs, tc.reason) {
+			if logs := rig.logs.String(); !strings.Contains(logs, "signature not verified") ||
+				!strings.Contains(logs, tc.reason) {
 				t.Errorf("log lacks the reason %q:\n%s", tc.reason, logs)
 			}
 		})
@@ -499,7 +530,11 @@ func TestSvixPublishedVector(t *testing.T) {
 		resp := rig.deliver(req)
 		// Genuine, but the vector's body has no request_id: 400, not 401.
 		if resp.Code != http.StatusBadRequest || resp.Header().Get("webhook-delivery") != "abort-message" {
-			t.Fatalf("status = %d, abort header %q: want 400 with abort-message", resp.Code, resp.Header().Get("webhook-delivery"))
+			t.Fatalf(
+				"status = %d, abort header %q: want 400 with abort-message",
+				resp.Code,
+				resp.Header().Get("webhook-delivery"),
+			)
 		}
 
 		req.Header.Set("svix-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OF=")
@@ -615,7 +650,8 @@ func TestAPIFailuresMakeSvixRetry(t *testing.T) {
 				if got := len(rig.api.recorded()); got != tc.wantCalls {
 					t.Errorf("API called %d times, want %d", got, tc.wantCalls)
 				}
-				if logs := rig.logs.String(); !strings.Contains(logs, tc.wantLog) || !strings.Contains(logs, "Svix will retry") {
+				if logs := rig.logs.String(); !strings.Contains(logs, tc.wantLog) ||
+					!strings.Contains(logs, "Svix will retry") {
 					t.Errorf("log lacks %q:\n%s", tc.wantLog, logs)
 				}
 			})
@@ -716,7 +752,13 @@ func TestSignatureHeaderBounds(t *testing.T) {
 		first := "v1," + strings.Repeat("A", size-len(valid)-len(junk)-len("v1, "))
 		header := first + " " + junk + valid
 		if len(header) != size || strings.Count(header, " ") != entries-1 {
-			t.Fatalf("header of %d bytes and %d entries, want %d and %d", len(header), strings.Count(header, " ")+1, size, entries)
+			t.Fatalf(
+				"header of %d bytes and %d entries, want %d and %d",
+				len(header),
+				strings.Count(header, " ")+1,
+				size,
+				entries,
+			)
 		}
 		req.Header.Set("svix-signature", header)
 		return req
@@ -771,8 +813,11 @@ func TestMemoryFollowsTheBytesSentNotTheDeclaredLength(t *testing.T) {
 // TestJunkSignatureHeadersCostWhatAnyRejectionCosts: thousands of junk
 // signatures are refused before the library splits and compares them.
 func TestJunkSignatureHeadersCostWhatAnyRejectionCosts(t *testing.T) {
-	rig := buildRig(t, rigConfig{secrets: []string{testSecret, secondSecret, wrongSecret}, apiURL: "http://optipick.test",
-		transport: handlerTransport{&fakeAPI{}}, level: slog.LevelInfo, format: "text"})
+	rig := buildRig(
+		t,
+		rigConfig{secrets: []string{testSecret, secondSecret, wrongSecret}, apiURL: "http://optipick.test",
+			transport: handlerTransport{&fakeAPI{}}, level: slog.LevelInfo, format: "text"},
+	)
 	allocsFor := func(signature string) float64 {
 		req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
 		req.Header.Set("svix-signature", signature)
@@ -803,7 +848,8 @@ func TestTooManySecretsAreRefused(t *testing.T) {
 	if _, err := newVerifier(secrets); err != nil {
 		t.Fatalf("%d secrets: %v", maxSecrets, err)
 	}
-	if _, err := newVerifier(secrets + " " + secondSecret); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("at most %d", maxSecrets)) {
+	if _, err := newVerifier(secrets + " " + secondSecret); err == nil ||
+		!strings.Contains(err.Error(), fmt.Sprintf("at most %d", maxSecrets)) {
 		t.Fatalf("%d secrets: %v, want a refusal naming the limit", maxSecrets+1, err)
 	}
 }

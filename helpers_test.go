@@ -90,7 +90,17 @@ func newBubbleRig(t *testing.T, secrets ...string) *rig {
 
 func newRigWith(t *testing.T, api *fakeAPI, apiURL string, transport http.RoundTripper, secrets []string) *rig {
 	t.Helper()
-	return buildRig(t, rigConfig{api: api, apiURL: apiURL, transport: transport, secrets: secrets, level: slog.LevelDebug, format: "text"})
+	return buildRig(
+		t,
+		rigConfig{
+			api:       api,
+			apiURL:    apiURL,
+			transport: transport,
+			secrets:   secrets,
+			level:     slog.LevelDebug,
+			format:    "text",
+		},
+	)
 }
 
 // rigConfig is what buildRig wires: the API, the secrets, and the log

@@ -25,7 +25,8 @@ func TestRepeatsOfAHandledMessageCannotFloodTheLogs(t *testing.T) {
 		body := requestBody(testRequestID)
 		for i := range 1000 {
 			resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_replayed", time.Now()))
-			if want := map[bool]string{true: "fetched\n", false: "already handled\n"}[i == 0]; resp.Code != http.StatusOK || resp.Body.String() != want {
+			if want := map[bool]string{true: "fetched\n", false: "already handled\n"}[i == 0]; resp.Code != http.StatusOK ||
+				resp.Body.String() != want {
 				t.Fatalf("delivery %d: %d %q, want 200 %q", i, resp.Code, resp.Body, want)
 			}
 		}
@@ -47,8 +48,11 @@ func TestClientHeadersAreLoggedSafely(t *testing.T) {
 		{strings.Repeat("x", 127) + "\x01", `"` + strings.Repeat("x", 127) + `\x01"`},
 		{strings.Repeat("x", 128) + "\x01", strings.Repeat("x", 128)},
 	} {
-		rig := buildRig(t, rigConfig{api: &fakeAPI{}, apiURL: "http://optipick.test", transport: handlerTransport{&fakeAPI{}},
-			secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"})
+		rig := buildRig(
+			t,
+			rigConfig{api: &fakeAPI{}, apiURL: "http://optipick.test", transport: handlerTransport{&fakeAPI{}},
+				secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"},
+		)
 		req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
 		req.Header["Svix-Id"] = []string{tc.id}
 		if resp := rig.deliver(req); resp.Code != http.StatusUnauthorized {
@@ -83,7 +87,10 @@ func TestRejectionsCannotFloodTheLogs(t *testing.T) {
 		time.Sleep(rejectLogInterval)
 		synctest.Wait()
 		logs := rig.logs.String()
-		if !strings.Contains(logs, `msg="rejected or repeated deliveries not logged, over the log rate limit" count=980`) {
+		if !strings.Contains(
+			logs,
+			`msg="rejected or repeated deliveries not logged, over the log rate limit" count=980`,
+		) {
 			t.Fatalf("no count of the suppressed lines:\n%s", logs[max(0, len(logs)-500):])
 		}
 		// A new interval logs again.
@@ -128,7 +135,9 @@ func TestReplaysOfAnUnusableBodyCannotFloodTheLogs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rig := newBubbleRig(t, testSecret)
 		for range 100 {
-			resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", []byte(`{"id":1}`), "msg_unusable", time.Now()))
+			resp := rig.deliver(
+				signedDeliveryAt(t, testSecret, "/webhook/cluster", []byte(`{"id":1}`), "msg_unusable", time.Now()),
+			)
 			if resp.Code != http.StatusBadRequest || resp.Header().Get("webhook-delivery") != "abort-message" {
 				t.Fatalf("status %d, want 400 with abort-message", resp.Code)
 			}

@@ -50,12 +50,14 @@ func TestHealthcheck(t *testing.T) {
 		}
 		_, port, _ := net.SplitHostPort(listener.Addr().String())
 		listener.Close()
-		if _, err := runBriefly(t, map[string]string{"PORT": port}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "healthcheck:") {
+		if _, err := runBriefly(t, map[string]string{"PORT": port}, "-healthcheck"); err == nil ||
+			!strings.HasPrefix(err.Error(), "healthcheck:") {
 			t.Errorf("-healthcheck with nothing on PORT: %v, want a healthcheck error", err)
 		}
 	})
 	t.Run("PORT not a port", func(t *testing.T) {
-		if _, err := runBriefly(t, map[string]string{"PORT": "x:y"}, "-healthcheck"); err == nil || !strings.HasPrefix(err.Error(), "PORT:") {
+		if _, err := runBriefly(t, map[string]string{"PORT": "x:y"}, "-healthcheck"); err == nil ||
+			!strings.HasPrefix(err.Error(), "PORT:") {
 			t.Errorf("-healthcheck with PORT=x:y: %v, want a PORT error", err)
 		}
 	})
@@ -143,8 +145,14 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	answer, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || string(answer) != "fetched\n" || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
-		t.Fatalf("delivery: %s %q (%s), want 200 \"fetched\\n\" (text/plain; charset=utf-8)", resp.Status, answer, resp.Header.Get("Content-Type"))
+	if resp.StatusCode != http.StatusOK || string(answer) != "fetched\n" ||
+		resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Fatalf(
+			"delivery: %s %q (%s), want 200 \"fetched\\n\" (text/plain; charset=utf-8)",
+			resp.Status,
+			answer,
+			resp.Header.Get("Content-Type"),
+		)
 	}
 	api.assertCalls(t, []apiCall{{Path: "/optimize/route/" + testRequestID, APIKey: testAPIKey}})
 	fetched := waitFor("optimization fetched")
@@ -152,7 +160,8 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Errorf("summary line = %v", fetched)
 	}
 	// LOG_LEVEL=debug logs each whole result.
-	if raw := waitFor("optimization result"); raw["level"] != "DEBUG" || raw["json"].(map[string]any)["route_id"] != "r1" {
+	if raw := waitFor("optimization result"); raw["level"] != "DEBUG" ||
+		raw["json"].(map[string]any)["route_id"] != "r1" {
 		t.Errorf("debug line = %v, want the whole result", raw)
 	}
 
@@ -262,7 +271,8 @@ func TestReadinessFollowsTheDrain(t *testing.T) {
 // TestHelpGoesToStdout: -h prints the usage on stdout and exits 0.
 func TestHelpGoesToStdout(t *testing.T) {
 	stdout, err := runBriefly(t, nil, "-h")
-	if err != nil || !strings.Contains(stdout, "Usage: optipick-webhooks") || !strings.Contains(stdout, "WEBHOOK_SECRET") {
+	if err != nil || !strings.Contains(stdout, "Usage: optipick-webhooks") ||
+		!strings.Contains(stdout, "WEBHOOK_SECRET") {
 		t.Errorf("-h: %v, stdout %q; want the usage on stdout and no error", err, stdout)
 	}
 }

@@ -91,7 +91,9 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 	}
 	var buildInfo bool
 	for name := range m {
-		buildInfo = buildInfo || strings.HasPrefix(name, `optipick_webhooks_build_info{version=`) && strings.Contains(name, `goversion="go1.`)
+		buildInfo = buildInfo ||
+			strings.HasPrefix(name, `optipick_webhooks_build_info{version=`) &&
+				strings.Contains(name, `goversion="go1.`)
 	}
 	if !buildInfo || m["go_goroutines"] == "" || m["process_resident_memory_bytes"] == "" {
 		t.Errorf("build_info, Go or process metrics missing:\n%v", m)
@@ -143,7 +145,14 @@ func TestFailedProcessingIsCountedAsSuch(t *testing.T) {
 		}
 		panic("a bug in the processor")
 	}
-	handler := newServer(webhookDeps{logger: slog.New(slog.DiscardHandler), verifier: v, fetch: fetch, process: process, seen: newDedupe(time.Hour, 10), metrics: m}, alwaysReady)
+	handler := newServer(webhookDeps{
+		logger:   slog.New(slog.DiscardHandler),
+		verifier: v,
+		fetch:    fetch,
+		process:  process,
+		seen:     newDedupe(time.Hour, 10),
+		metrics:  m,
+	}, alwaysReady)
 	for range 2 {
 		resp := httptest.NewRecorder()
 		handler.ServeHTTP(resp, signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))

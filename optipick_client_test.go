@@ -137,7 +137,8 @@ func TestAnAnswerThatIsNotThisResultIsAFailedFetch(t *testing.T) {
 				t.Fatalf("status %d, want 502", resp.Code)
 			}
 			logs := rig.logs.String()
-			if !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, tc.why) || strings.Contains(logs, "optimization fetched") {
+			if !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, tc.why) ||
+				strings.Contains(logs, "optimization fetched") {
 				t.Errorf("log lacks an ERROR saying %q, or says fetched:\n%s", tc.why, logs)
 			}
 			elsewhere.assertCalls(t, nil)
@@ -148,7 +149,11 @@ func TestAnAnswerThatIsNotThisResultIsAFailedFetch(t *testing.T) {
 			rig.svixRetriesLater()
 			resp = rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_not_this", time.Now()))
 			if resp.Code != http.StatusOK || resp.Body.String() != "fetched\n" {
-				t.Fatalf("Svix's retry: %d %q, want 200 fetched (the failure must not be remembered)", resp.Code, resp.Body)
+				t.Fatalf(
+					"Svix's retry: %d %q, want 200 fetched (the failure must not be remembered)",
+					resp.Code,
+					resp.Body,
+				)
 			}
 		})
 	}
@@ -163,7 +168,12 @@ func TestTheKeyIsRedactedFromEveryExcerpt(t *testing.T) {
 					// A proxy that echoes the request, key included, near the
 					// excerpt's end, so that a short read window would cut it.
 					w.WriteHeader(status)
-					fmt.Fprintf(w, "%sX-Api-Key: %s\r\n", strings.Repeat("-", maxExcerptBytes-20), r.Header.Get("X-API-KEY"))
+					fmt.Fprintf(
+						w,
+						"%sX-Api-Key: %s\r\n",
+						strings.Repeat("-", maxExcerptBytes-20),
+						r.Header.Get("X-API-KEY"),
+					)
 				}
 				if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code < 500 {
 					t.Fatalf("status %d, want 5xx", resp.Code)
@@ -238,8 +248,17 @@ func TestURLCredentialsNeverReachTheLogs(t *testing.T) {
 						user, password, _ = r.BasicAuth()
 						tc.answer(w, r)
 					}
-					rig := buildRig(t, rigConfig{api: api, apiURL: "http://svc:" + secret.inURL + "@optipick.test/latest/", transport: handlerTransport{api},
-						secrets: []string{testSecret}, level: slog.LevelDebug, format: "text"})
+					rig := buildRig(
+						t,
+						rigConfig{
+							api:       api,
+							apiURL:    "http://svc:" + secret.inURL + "@optipick.test/latest/",
+							transport: handlerTransport{api},
+							secrets:   []string{testSecret},
+							level:     slog.LevelDebug,
+							format:    "text",
+						},
+					)
 					if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusBadGateway {
 						t.Fatalf("status %d, want 502", resp.Code)
 					}
@@ -247,7 +266,8 @@ func TestURLCredentialsNeverReachTheLogs(t *testing.T) {
 						t.Errorf("the API got user %q password %q", user, password)
 					}
 					logs := rig.logs.String()
-					if strings.Contains(logs, secret.password) || strings.Contains(logs, secret.inURL) || !strings.Contains(logs, "Svix will retry") {
+					if strings.Contains(logs, secret.password) || strings.Contains(logs, secret.inURL) ||
+						!strings.Contains(logs, "Svix will retry") {
 						t.Errorf("logs hold the password, or lack the failure:\n%s", logs)
 					}
 				})
@@ -404,7 +424,8 @@ func TestOptimizationURL(t *testing.T) {
 		{"http://127.0.0.1:9000//v1//", "http://127.0.0.1:9000/v1/optimize/cluster/abc"},
 	} {
 		base, _ := url.Parse(tc.base)
-		if got, err := optimizationURL(base.JoinPath("optimize").String(), "cluster", "abc"); err != nil || got != tc.want {
+		if got, err := optimizationURL(base.JoinPath("optimize").String(), "cluster", "abc"); err != nil ||
+			got != tc.want {
 			t.Errorf("optimizationURL(%q) = %q, %v; want %q", tc.base, got, err, tc.want)
 		}
 	}
@@ -574,7 +595,8 @@ func TestFetchStopsWaitingWhenTheDeliveryEnds(t *testing.T) {
 
 func TestFetchRefusesAnUnknownKind(t *testing.T) {
 	client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) { t.Error("the API was called") })
-	if _, err := client.fetch(t.Context(), "pallet", testRequestID); err == nil || !strings.Contains(err.Error(), `unknown optimization kind "pallet"`) {
+	if _, err := client.fetch(t.Context(), "pallet", testRequestID); err == nil ||
+		!strings.Contains(err.Error(), `unknown optimization kind "pallet"`) {
 		t.Fatalf("fetch of kind pallet: %v", err)
 	}
 }

@@ -114,13 +114,19 @@ func TestAFailedProcessorIsNeverAcknowledged(t *testing.T) {
 func TestOptimizationErrorIsLoggedAsWarningAndAcknowledged(t *testing.T) {
 	rig := newRig(t, testSecret)
 	rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, `{"request_id":"`+testRequestID+`","site_name":"Example","error":"no valid picks","computation_time":0.01}`)
+		io.WriteString(
+			w,
+			`{"request_id":"`+testRequestID+`","site_name":"Example","error":"no valid picks","computation_time":0.01}`,
+		)
 	}
 	resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
 	if resp.Code != http.StatusOK {
 		t.Fatalf("status = %d, want 200", resp.Code)
 	}
-	if logs := rig.logs.String(); !strings.Contains(logs, `level=WARN msg="optimization fetched, but OptiPick reports that it failed"`) ||
+	if logs := rig.logs.String(); !strings.Contains(
+		logs,
+		`level=WARN msg="optimization fetched, but OptiPick reports that it failed"`,
+	) ||
 		!strings.Contains(logs, `optimization_error="no valid picks"`) {
 		t.Errorf("log lacks the warning with OptiPick's error:\n%s", logs)
 	}
@@ -131,8 +137,13 @@ func TestOptimizationErrorIsLoggedAsWarningAndAcknowledged(t *testing.T) {
 func summaryLine(t *testing.T, asis, optimal string) map[string]any {
 	t.Helper()
 	api := &fakeAPI{respond: func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, `{"request_id":%q,"site_name":"S","asis_distance":%s,"optimal_distance":%s,"optimal_clusters":[{}]}`,
-			testRequestID, asis, optimal)
+		fmt.Fprintf(
+			w,
+			`{"request_id":%q,"site_name":"S","asis_distance":%s,"optimal_distance":%s,"optimal_clusters":[{}]}`,
+			testRequestID,
+			asis,
+			optimal,
+		)
 	}}
 	rig := buildRig(t, rigConfig{api: api, apiURL: "http://optipick.test", transport: handlerTransport{api},
 		secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"})
@@ -174,7 +185,8 @@ func TestSummaryLineValues(t *testing.T) {
 			}
 			// Distances are logged when the result has any, as sent.
 			_, hasAsis := line["asis_distance"]
-			if wantDistances := tc.asis != "0" || tc.optimal != "0"; hasAsis != wantDistances || wantDistances && line["optimal_distance"] == nil {
+			if wantDistances := tc.asis != "0" || tc.optimal != "0"; hasAsis != wantDistances ||
+				wantDistances && line["optimal_distance"] == nil {
 				t.Errorf("distances logged: %v, want %v\n%v", hasAsis, wantDistances, line)
 			}
 		})
@@ -190,7 +202,10 @@ func TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats(t *testing.T) {
 	logged := func(format string, attr slog.Attr) string {
 		var out bytes.Buffer
 		newLogger(&out, slog.LevelInfo, format).LogAttrs(t.Context(), slog.LevelInfo, "m", attr)
-		_, value, _ := strings.Cut(strings.TrimSpace(out.String()), map[string]string{"json": `"n":`, "text": " n="}[format])
+		_, value, _ := strings.Cut(
+			strings.TrimSpace(out.String()),
+			map[string]string{"json": `"n":`, "text": " n="}[format],
+		)
 		return strings.TrimSuffix(value, "}")
 	}
 	for _, f := range []float64{0, 1, -3, 22920, 2e6, 1 << 52, 1<<53 - 1, 1 << 53, 1e21, 1e300, 0.5, 33.3, -999.4, 1e-320} {

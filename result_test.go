@@ -95,7 +95,10 @@ func TestLargeResultsAreStreamedNotHeld(t *testing.T) {
 	}}
 	server := httptest.NewServer(api)
 	defer server.Close()
-	rig := buildRig(t, rigConfig{api: api, apiURL: server.URL, secrets: []string{testSecret}, level: slog.LevelInfo, format: "text"})
+	rig := buildRig(
+		t,
+		rigConfig{api: api, apiURL: server.URL, secrets: []string{testSecret}, level: slog.LevelInfo, format: "text"},
+	)
 
 	var wg sync.WaitGroup
 	codes := make([]int, deliveries)
@@ -146,7 +149,16 @@ func TestHugeTokensAreRefusedNotHeld(t *testing.T) {
 			}}
 			server := httptest.NewServer(api)
 			defer server.Close()
-			rig := buildRig(t, rigConfig{api: api, apiURL: server.URL, secrets: []string{testSecret}, level: slog.LevelInfo, format: "text"})
+			rig := buildRig(
+				t,
+				rigConfig{
+					api:     api,
+					apiURL:  server.URL,
+					secrets: []string{testSecret},
+					level:   slog.LevelInfo,
+					format:  "text",
+				},
+			)
 			const deliveries = 4
 			codes := make([]int, deliveries)
 			var wg sync.WaitGroup
@@ -193,7 +205,10 @@ func TestResultDecodingIsLenient(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				client := newBubbleClient(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, tc.body) })
+				client := newBubbleClient(
+					t,
+					func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, tc.body) },
+				)
 				result, err := client.fetch(t.Context(), "cluster", testRequestID)
 				if tc.wantErr {
 					if err == nil {
@@ -204,8 +219,14 @@ func TestResultDecodingIsLenient(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if result.SiteName != tc.wantSite || string(result.Error) != tc.wantFailure || int(result.OptimalClusters) != tc.wantClusters {
-					t.Errorf("got site %q, failure %q, %d clusters", result.SiteName, result.Error, int(result.OptimalClusters))
+				if result.SiteName != tc.wantSite || string(result.Error) != tc.wantFailure ||
+					int(result.OptimalClusters) != tc.wantClusters {
+					t.Errorf(
+						"got site %q, failure %q, %d clusters",
+						result.SiteName,
+						result.Error,
+						int(result.OptimalClusters),
+					)
 				}
 				if string(result.Raw) != tc.body {
 					t.Errorf("raw = %q, want the body as sent", result.Raw)
@@ -225,23 +246,27 @@ func TestResultSizeCap(t *testing.T) {
 		t.Run(fmt.Sprint(tc.size), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				base, _ := url.Parse("http://optipick.test")
-				client := clientOver(base, false, handlerTransport{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					// Long strings, each under maxTokenBytes (few tokens, so
-					// it is quick), then "0," to make the size exact.
-					head, tail := `{"request_id":"`+testRequestID+`","site_name":"Big","pad":[`, `0]}`
-					io.WriteString(w, head)
-					rest := tc.size - len(head) - len(tail)
-					unit := `"` + strings.Repeat("a", maxTokenBytes/2) + `",`
-					units := rest/len(unit) - 1
-					io.Copy(w, io.LimitReader(&repeatReader{s: unit}, int64(units*len(unit))))
-					rest -= units * len(unit)
-					if rest%2 == 1 {
-						io.WriteString(w, " ")
-						rest--
-					}
-					io.Copy(w, io.LimitReader(&repeatReader{s: "0,"}, int64(rest)))
-					io.WriteString(w, tail)
-				})})
+				client := clientOver(
+					base,
+					false,
+					handlerTransport{http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+						// Long strings, each under maxTokenBytes (few tokens, so
+						// it is quick), then "0," to make the size exact.
+						head, tail := `{"request_id":"`+testRequestID+`","site_name":"Big","pad":[`, `0]}`
+						io.WriteString(w, head)
+						rest := tc.size - len(head) - len(tail)
+						unit := `"` + strings.Repeat("a", maxTokenBytes/2) + `",`
+						units := rest/len(unit) - 1
+						io.Copy(w, io.LimitReader(&repeatReader{s: unit}, int64(units*len(unit))))
+						rest -= units * len(unit)
+						if rest%2 == 1 {
+							io.WriteString(w, " ")
+							rest--
+						}
+						io.Copy(w, io.LimitReader(&repeatReader{s: "0,"}, int64(rest)))
+						io.WriteString(w, tail)
+					})},
+				)
 				result, err := client.fetch(t.Context(), "cluster", testRequestID)
 				if tc.ok && (err != nil || result.SiteName != "Big") {
 					t.Fatalf("a result of %d bytes: %v", tc.size, err)

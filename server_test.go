@@ -57,14 +57,24 @@ func BenchmarkDeliveryOverLoopback(b *testing.B) {
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		logger.Info("delivered", "svix_id", r.Header.Get("svix-id"), "body_bytes", len(body), "api_status", resp.StatusCode)
+		logger.Info("delivered",
+			"svix_id", r.Header.Get("svix-id"),
+			"body_bytes", len(body),
+			"api_status", resp.StatusCode)
 	})
 	for _, tc := range []struct {
 		name    string
 		handler http.Handler
 	}{
 		{"baseline", baseline},
-		{"receiver", newServer(webhookDeps{logger: logger, verifier: v, fetch: client.fetch, process: logSummary(logger), seen: newDedupe(time.Hour, 1<<20), metrics: noMetrics{}}, alwaysReady)},
+		{"receiver", newServer(webhookDeps{
+			logger:   logger,
+			verifier: v,
+			seen:     newDedupe(time.Hour, 1<<20),
+			fetch:    client.fetch,
+			process:  logSummary(logger),
+			metrics:  noMetrics{},
+		}, alwaysReady)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			server := httptest.NewServer(tc.handler)
@@ -81,7 +91,11 @@ func BenchmarkDeliveryOverLoopback(b *testing.B) {
 					msgID := fmt.Sprintf("msg_bench_%s_%d", tc.name, i)
 					signature, _ := signer.Sign(msgID, now, body)
 					req, _ := http.NewRequest(http.MethodPost, server.URL+"/webhook/cluster", bytes.NewReader(body))
-					req.Header = http.Header{"Svix-Id": {msgID}, "Svix-Timestamp": {strconv.FormatInt(now.Unix(), 10)}, "Svix-Signature": {signature}}
+					req.Header = http.Header{
+						"Svix-Id":        {msgID},
+						"Svix-Timestamp": {strconv.FormatInt(now.Unix(), 10)},
+						"Svix-Signature": {signature},
+					}
 					resp, err := sender.Do(req)
 					if err != nil {
 						b.Fatal(err)
@@ -106,7 +120,14 @@ func TestAnswersAreShortPlainText(t *testing.T) {
 	defer server.Close()
 	now := time.Now()
 	delivery := func() *http.Request { // the same message each time
-		req := signedDeliveryAt(t, testSecret, server.URL+"/webhook/cluster", requestBody(testRequestID), "msg_answers", now)
+		req := signedDeliveryAt(
+			t,
+			testSecret,
+			server.URL+"/webhook/cluster",
+			requestBody(testRequestID),
+			"msg_answers",
+			now,
+		)
 		req.RequestURI = ""
 		return req
 	}
@@ -130,8 +151,16 @@ func TestAnswersAreShortPlainText(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(body) != tc.want || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
-			t.Errorf("%s: %s %q (%s), want 200 %q (text/plain; charset=utf-8)", tc.name, resp.Status, body, resp.Header.Get("Content-Type"), tc.want)
+		if resp.StatusCode != http.StatusOK || string(body) != tc.want ||
+			resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Errorf(
+				"%s: %s %q (%s), want 200 %q (text/plain; charset=utf-8)",
+				tc.name,
+				resp.Status,
+				body,
+				resp.Header.Get("Content-Type"),
+				tc.want,
+			)
 		}
 	}
 }
