@@ -53,7 +53,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 
 	if strings.Contains(getenv("WEBHOOK_SECRET"), placeholderSecret) {
 		return cfg, errors.New("WEBHOOK_SECRET: still .env.example's placeholder: copy the endpoint's signing secret " +
-			"from the OptiPick dashboard, or for the simulator make one with: go run ./cmd/optipick-sim -new-secret")
+			"from the OptiPick dashboard (for the simulator of the optipick-webhooks repository, make one with " +
+			"go run ./cmd/optipick-sim -new-secret)")
 	}
 	if cfg.verifier, err = newVerifier(getenv("WEBHOOK_SECRET")); err != nil {
 		return cfg, fmt.Errorf("WEBHOOK_SECRET: %w", err)
@@ -106,7 +107,7 @@ func readAPIKey(key string) (string, error) {
 
 func readAPIURL(value string) (*url.URL, error) {
 	u, err := url.Parse(cmp.Or(value, defaultAPIURL))
-	if err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
 		return nil, errors.New("must be an absolute http(s) URL without query or fragment, such as " + defaultAPIURL)
 	}
 	return u, nil
@@ -133,7 +134,7 @@ func readLogLevel(value string) (slog.Level, error) {
 // readDuration reads a duration from 0 to most (0: no upper bound).
 func readDuration(value, fallback string, most time.Duration) (time.Duration, error) {
 	d, err := time.ParseDuration(cmp.Or(value, fallback))
-	if err == nil && (d < 0 || most > 0 && d > most) {
+	if err == nil && (d < 0 || (most > 0 && d > most)) {
 		err = errors.New("out of range")
 	}
 	return d, err

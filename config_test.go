@@ -51,7 +51,7 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 		{"metrics address with an empty port", map[string]string{"METRICS_ADDR": "localhost:"}, "METRICS_ADDR", "host:port"},
 		{"metrics on the webhook port", map[string]string{"PORT": "8080", "METRICS_ADDR": ":8080"}, "METRICS_ADDR", "port 8080 is the webhook port (PORT)"},
 		{"metrics on PORT", map[string]string{"PORT": "9000", "METRICS_ADDR": "127.0.0.1:9000"}, "METRICS_ADDR", "webhook port"},
-		{"the secret placeholder", map[string]string{"WEBHOOK_SECRET": "whsec_replace_with_your_endpoint_secret"}, "WEBHOOK_SECRET", "placeholder: copy the endpoint's signing secret from the OptiPick dashboard, or for the simulator make one with: go run ./cmd/optipick-sim -new-secret"},
+		{"the secret placeholder", map[string]string{"WEBHOOK_SECRET": "whsec_replace_with_your_endpoint_secret"}, "WEBHOOK_SECRET", "placeholder: copy the endpoint's signing secret from the OptiPick dashboard (for the simulator of the optipick-webhooks repository, make one with go run ./cmd/optipick-sim -new-secret)"},
 		{"shutdown delay not a duration", map[string]string{"SHUTDOWN_DELAY": "soon"}, "SHUTDOWN_DELAY", "0s to 1m"},
 		{"negative shutdown delay", map[string]string{"SHUTDOWN_DELAY": "-1ns"}, "SHUTDOWN_DELAY", "0s to 1m"},
 		{"shutdown delay over a minute", map[string]string{"SHUTDOWN_DELAY": "1m0.001s"}, "SHUTDOWN_DELAY", "0s to 1m"},

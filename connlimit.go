@@ -13,15 +13,15 @@ import (
 // limitConnections in server.go).
 
 func init() {
-	limitConnections = func(l net.Listener, srv *http.Server, max int) net.Listener {
-		limited := newConnLimitListener(l, max)
+	limitConnections = func(l net.Listener, srv *http.Server, maxConns int) net.Listener {
+		limited := newConnLimitListener(l, maxConns)
 		srv.ConnState = limited.trackState
 		srv.ConnContext = limited.connContext
 		return limited
 	}
 }
 
-// connLimitListener admits at most max connections at once. When all are
+// connLimitListener admits at most maxConns connections at once. When all are
 // taken, it closes one for the newcomer, so that a newcomer such as Svix
 // gets in however many connections an attacker holds. It chooses in an
 // order that spares genuine work:
@@ -65,10 +65,10 @@ const (
 	idleSafe = time.Second
 )
 
-func newConnLimitListener(l net.Listener, max int) *connLimitListener {
+func newConnLimitListener(l net.Listener, maxConns int) *connLimitListener {
 	return &connLimitListener{
 		Listener: l,
-		slots:    make(chan struct{}, max),
+		slots:    make(chan struct{}, maxConns),
 		closed:   make(chan struct{}),
 		conns:    map[*limitedConn]struct{}{},
 	}

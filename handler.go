@@ -17,8 +17,8 @@ import (
 
 const (
 	// deliveryDeadline bounds all the work for one delivery, from the
-	// moment its headers arrived: Svix counts an answer after 15 s as a
-	// failure; this leaves room for the network.
+	// moment its handler starts (its headers have arrived): Svix counts an
+	// answer after 15 s as a failure; this leaves room for the network.
 	deliveryDeadline = 10 * time.Second
 	// OptiPick's bodies are about 40 bytes; the Svix library copies a body
 	// three times to verify it.
@@ -49,8 +49,8 @@ type webhookDeps struct {
 func handleWebhook(deps webhookDeps, rejected *rejectLog, k kind) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ended := deps.metrics.deliveryStarted(k)
-		outcome := outcomeProcessFailed // what a panic below counts as
-		defer func() { ended(outcome) }()
+		endedAs := outcomeProcessFailed // what a panic below counts as
+		defer func() { ended(endedAs) }()
 
 		// All the work for one delivery has deliveryDeadline from now.
 		ctx, cancel := context.WithTimeout(r.Context(), deliveryDeadline)
@@ -58,14 +58,14 @@ func handleWebhook(deps webhookDeps, rejected *rejectLog, k kind) http.Handler {
 
 		d, rejection := readDelivery(w, r, k, deps.verifier)
 		if rejection != nil {
-			outcome = rejection.outcome
+			endedAs = rejection.outcome
 			reject(w, r, k, rejection, rejected)
 			return
 		}
 		shared, err := deps.seen.do(ctx, k, d.MessageID, func(ctx context.Context) error {
 			return handleMessage(ctx, r, d, deps)
 		})
-		outcome = answer(w, d, shared, err, deps.logger, rejected)
+		endedAs = answer(w, d, shared, err, deps.logger, rejected)
 	})
 }
 
@@ -116,8 +116,9 @@ func answer(w http.ResponseWriter, d delivery, shared bool, err error,
 
 	status := statusFor(err)
 	attrs = append(attrs, "status", status, "err", err)
-	if shared {
-		rejected.log(slog.LevelWarn, "delivery not handled (a duplicate failed moments ago); Svix will retry", attrs...)
+	if shared { // a repeat: another delivery of the message failed moments ago, or is still at work
+		rejected.log(slog.LevelWarn, "delivery not handled (another delivery of this message failed or is at work); "+
+			"Svix will retry", attrs...)
 	} else {
 		logger.Error("delivery not handled; Svix will retry", attrs...)
 	}
@@ -188,7 +189,8 @@ func readDelivery(w http.ResponseWriter, r *http.Request, k kind, v verifier) (d
 	}
 	// The buffer grows with what arrives, never with what Content-Length declares.
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	if maxErr := (*http.MaxBytesError)(nil); errors.As(err, &maxErr) {
+	var maxErr *http.MaxBytesError
+	if errors.As(err, &maxErr) {
 		return delivery{}, tooLarge
 	}
 	if err != nil {

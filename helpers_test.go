@@ -149,7 +149,7 @@ func alwaysReady() bool { return true }
 func clientOver(baseURL *url.URL, keepRaw bool, transport http.RoundTripper) *optiPickClient {
 	client := newOptiPickClient(baseURL, testAPIKey, keepRaw, noMetrics{})
 	if transport != nil {
-		client.http.Transport = transport
+		client.httpClient.Transport = transport
 	}
 	return client
 }

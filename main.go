@@ -219,7 +219,7 @@ func logListening(logger *slog.Logger, addr net.Addr, cfg config) {
 
 func isLoopback(host string) bool {
 	ip := net.ParseIP(host)
-	return host == "localhost" || ip != nil && ip.IsLoopback()
+	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
 // drain shuts the servers down: /readyz already answers 503; after

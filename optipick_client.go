@@ -73,7 +73,7 @@ type optiPickClient struct {
 	shownURL    string // the same, as logs show it: password redacted
 	apiKey      string
 	keepRaw     bool // keep each result's JSON in optimization.Raw
-	http        *http.Client
+	httpClient  *http.Client
 	slots       chan struct{} // one per API call in flight
 	metrics     recorder
 }
@@ -86,7 +86,7 @@ func newOptiPickClient(baseURL *url.URL, apiKey string, keepRaw bool, metrics re
 		shownURL:    optimize.Redacted(),
 		apiKey:      apiKey,
 		keepRaw:     keepRaw,
-		http: &http.Client{
+		httpClient: &http.Client{
 			Transport: newAPITransport(),
 			// The key goes to the configured API only: a redirect is a
 			// failed fetch. Deadlines come from each call's ctx.
@@ -183,7 +183,7 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 	status := 0 // no answer
 	start := time.Now()
 	defer func() { c.metrics.apiCalled(status, time.Since(start)) }()
-	resp, err := c.http.Do(req)
+	resp, err := c.httpClient.Do(req)
 	if err != nil {
 		return nil, withSettingToCheck(err)
 	}
@@ -202,7 +202,8 @@ func (c *optiPickClient) get(ctx context.Context, target, requestID string) (*op
 func (c *optiPickClient) readResult(body io.Reader, requestID, shown string) (*optimization, error) {
 	// The start of the body is kept for errors: an excerpt, and a key that
 	// starts in it (redacted before the excerpt is cut).
-	rr := newResultReader(body, maxExcerptBytes+len(c.apiKey), c.keepRaw)
+	rr := getResultReader(body, maxExcerptBytes+len(c.apiKey), c.keepRaw)
+	defer rr.release()
 	res, err := rr.decode()
 	if err == nil {
 		err = c.checkRequestID(res.RequestID, requestID)
@@ -223,7 +224,7 @@ func (c *optiPickClient) readResult(body io.Reader, requestID, shown string) (*o
 func withSettingToCheck(err error) error {
 	var dnsErr *net.DNSError
 	var opErr *net.OpError
-	if errors.As(err, &dnsErr) || errors.As(err, &opErr) && opErr.Op == "dial" {
+	if errors.As(err, &dnsErr) || (errors.As(err, &opErr) && opErr.Op == "dial") {
 		return fmt.Errorf("%w (is OPTIPICK_API_URL right, and the API reachable from here?)", err)
 	}
 	return err
@@ -274,10 +275,10 @@ func (c *optiPickClient) redact(text string) string {
 	return strings.ReplaceAll(text, c.apiKey, "[API key]")
 }
 
-// excerpt is at most max bytes of s, as valid UTF-8 without control or
+// excerpt is at most maxLen bytes of s, as valid UTF-8 without control or
 // bidirectional-text characters, so that it reads the same in any log.
-func excerpt(s string, max int) string {
-	s = strings.ToValidUTF8(s[:min(len(s), max)], "\uFFFD")
+func excerpt(s string, maxLen int) string {
+	s = strings.ToValidUTF8(s[:min(len(s), maxLen)], "\uFFFD")
 	return strings.Map(func(r rune) rune {
 		switch {
 		case r == '\n' || r == '\r' || r == '\t':
@@ -333,7 +334,10 @@ func (e *apiError) comeBackLater() bool {
 // and maxRetryAfter.
 func retryAfter(err error) time.Duration {
 	var apiErr *apiError
-	if !errors.As(err, &apiErr) || !apiErr.comeBackLater() && apiErr.RetryAfter == 0 {
+	if !errors.As(err, &apiErr) {
+		return 0
+	}
+	if !apiErr.comeBackLater() && apiErr.RetryAfter == 0 {
 		return 0
 	}
 	return min(max(apiErr.RetryAfter, minRetryAfter), maxRetryAfter)

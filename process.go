@@ -70,9 +70,11 @@ func distanceAttrs(res *optimization) []slog.Attr {
 		numberAttr("asis_distance", res.AsisDistance),
 		numberAttr("optimal_distance", res.OptimalDistance),
 	}
+	if res.AsisDistance <= 0 {
+		return attrs
+	}
 	saving := (res.AsisDistance - res.OptimalDistance) / res.AsisDistance * 100
-	// Guarded so that no NaN or Inf reaches a JSON log line.
-	if res.AsisDistance > 0 && !math.IsInf(saving, 0) {
+	if !math.IsInf(saving, 0) { // no NaN or Inf may reach a JSON log line
 		attrs = append(attrs, numberAttr("saving_pct", math.Round(saving*10)/10))
 	}
 	return attrs

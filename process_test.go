@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -219,5 +221,55 @@ func TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats(t *testing.T) {
 	}
 	if got := logged("json", numberAttr("n", math.Copysign(0, -1))); got != "0" {
 		t.Errorf("-0 logged %s, want 0", got)
+	}
+}
+
+// saveResult is the README's example of a processFunc that keeps the log
+// line: it writes each result's JSON to a file in dir.
+func saveResult(dir string, logger *slog.Logger) processFunc {
+	logLine := logSummary(logger)
+	return func(ctx context.Context, d delivery, res *optimization) error {
+		if res.Raw == nil {
+			return errors.New("the result's JSON was not kept: set KEEP_RESULT_JSON=true")
+		}
+		// A request_id is 1 to 128 of [A-Za-z0-9_-]: safe as a file name.
+		path := filepath.Join(dir, string(d.Kind)+"-"+d.RequestID+".json")
+		if err := os.WriteFile(path, res.Raw, 0o644); err != nil {
+			return err // 502: Svix delivers the message again
+		}
+		return logLine(ctx, d, res)
+	}
+}
+
+// TestTheREADMEsSaveResultExample: with the result's JSON kept, the
+// README's saveResult writes it and logs the summary; without, it fails
+// the delivery (Svix retries) instead of acknowledging an empty file.
+func TestTheREADMEsSaveResultExample(t *testing.T) {
+	for _, keep := range []bool{true, false} {
+		t.Run(fmt.Sprint("KEEP_RESULT_JSON=", keep), func(t *testing.T) {
+			level := slog.LevelInfo
+			if keep {
+				level = slog.LevelDebug // keeps the JSON, as KEEP_RESULT_JSON=true does
+			}
+			api := &fakeAPI{}
+			rig := buildRig(t, rigConfig{api: api, apiURL: "http://optipick.test", transport: handlerTransport{api},
+				secrets: []string{testSecret}, level: level, format: "text"})
+			dir := t.TempDir()
+			rig.process = saveResult(dir, newLogger(rig.logs, level, "text"))
+			resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+			saved, err := os.ReadFile(filepath.Join(dir, "cluster-"+testRequestID+".json"))
+			if !keep {
+				if resp.Code != http.StatusBadGateway || err == nil {
+					t.Errorf("without the JSON: %d, file %v; want 502 and no file", resp.Code, err)
+				}
+				return
+			}
+			if resp.Code != http.StatusOK || !bytes.Contains(saved, []byte(`"site_name":"Example"`)) {
+				t.Errorf("with the JSON: %d, saved %q (%v); want 200 and the result", resp.Code, saved, err)
+			}
+			if !strings.Contains(rig.logs.String(), "optimization fetched") {
+				t.Errorf("the summary line was not logged:\n%s", rig.logs)
+			}
+		})
 	}
 }

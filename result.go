@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
@@ -24,8 +25,11 @@ const (
 )
 
 // optimization is what the service reads of an OptiPick result. Unknown
-// fields are skipped. A string or a number sent as another JSON type (or a
-// number out of range) is left zero, as is a field sent as null.
+// fields are skipped, and a field sent as null is left zero. A string,
+// float64 or int field (here or in a struct or slice you add) sent as
+// another JSON type, or a number out of range, is left zero too; a field
+// of any other type sent as the wrong JSON type fails the fetch, so prefer
+// these types (a timestamp as a string: it has no time zone).
 type optimization struct {
 	RequestID       string       `json:"request_id"`
 	SiteName        string       `json:"site_name"`
@@ -33,7 +37,7 @@ type optimization struct {
 	Error           errorMessage `json:"error"`            // set when the optimization itself failed
 	AsisDistance    float64      `json:"asis_distance"`
 	OptimalDistance float64      `json:"optimal_distance"`
-	OptimalClusters arrayLen     `json:"optimal_clusters"` // how many; to keep them, make it a []struct{...}
+	OptimalClusters arrayLen     `json:"optimal_clusters"` // how many; to keep them, add a []struct{...} field
 	Picks           arrayLen     `json:"picks"`            // how many, in a route result
 	Raw             []byte       `json:"-"`                // the whole result, with KEEP_RESULT_JSON=true
 }
@@ -43,15 +47,23 @@ type optimization struct {
 type errorMessage string
 
 func (m *errorMessage) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
-	if k := dec.PeekKind(); k == '{' || k == '[' { // not a message: say so, without holding it
+	kind := dec.PeekKind()
+	if kind == '{' || kind == '[' { // not a message: say so, without holding it
 		*m = "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)"
 		return dec.SkipValue()
 	}
 	tok, err := dec.ReadToken() // one token, held within maxTokenBytes
-	if tok.Kind() != 'n' {
-		*m = errorMessage(strings.TrimSpace(tok.String()))
+	if err != nil {
+		return err
 	}
-	return err
+	switch kind {
+	case 'n', 'f': // null or false: no error
+	case '"':
+		*m = errorMessage(strings.TrimSpace(tok.String()))
+	default: // a number, or true
+		*m = errorMessage("OptiPick reported an error: " + tok.String())
+	}
+	return nil
 }
 
 // arrayLen is how many elements an array has, read without keeping them.
@@ -115,13 +127,41 @@ type resultReader struct {
 	raw      *bytes.Buffer // nil unless keepRaw
 }
 
-func newResultReader(body io.Reader, startLen int, keepRaw bool) *resultReader {
-	rr := &resultReader{body: body, startLen: startLen}
+// resultReaders keeps result readers, each with its decoder, for the next
+// fetch: a new decoder per fetch (its buffer of a few KiB) cost about 7%
+// more instructions per delivery, in the garbage collector
+// (docs/performance.md).
+var resultReaders = sync.Pool{New: func() any {
+	rr := &resultReader{}
+	rr.dec = jsontext.NewDecoder(rr)
+	return rr
+}}
+
+// getResultReader returns a reader of body; give it back with release.
+func getResultReader(body io.Reader, startLen int, keepRaw bool) *resultReader {
+	rr := resultReaders.Get().(*resultReader)
+	rr.body = body
+	rr.read = 0
+	rr.start = rr.start[:0]
+	rr.startLen = startLen
+	rr.raw = nil
 	if keepRaw {
 		rr.raw = &bytes.Buffer{}
 	}
-	rr.dec = jsontext.NewDecoder(rr)
+	// A name given twice is not looked for: the last one counts, as in
+	// most JSON parsers. Tracking every object's names cost 8% more
+	// instructions per delivery; a result is checked by its request_id,
+	// and an API that would forge one needs no such trick.
+	rr.dec.Reset(rr, jsontext.AllowDuplicateNames(true))
 	return rr
+}
+
+// release gives rr back for the next fetch, without the body or the raw
+// result.
+func (rr *resultReader) release() {
+	rr.body = nil
+	rr.raw = nil
+	resultReaders.Put(rr)
 }
 
 var (
@@ -152,7 +192,7 @@ func (rr *resultReader) Read(p []byte) (int, error) {
 }
 
 // decode reads one result, refusing what cannot be one: not JSON, not an
-// object, a name given twice, data after it. Its errors hold no text of
+// object, data after it. Its errors hold no text of
 // the result.
 func (rr *resultReader) decode() (*optimization, error) {
 	switch rr.dec.PeekKind() {
@@ -167,10 +207,11 @@ func (rr *resultReader) decode() (*optimization, error) {
 	if err := json.UnmarshalDecode(rr.dec, &res, lenientFields); err != nil {
 		return nil, describe(err)
 	}
-	switch _, err := rr.dec.ReadToken(); {
-	case errors.Is(err, errResultTooLarge):
+	_, err := rr.dec.ReadToken()
+	if errors.Is(err, errResultTooLarge) {
 		return nil, err
-	case err != io.EOF:
+	}
+	if err != io.EOF {
 		return nil, errors.New("data after the JSON object")
 	}
 	if rr.raw != nil {
@@ -191,12 +232,8 @@ func (rr *resultReader) readStart() string {
 // could fill with the key, cut where redaction cannot see it.
 func describe(err error) error {
 	var syntaxErr *jsontext.SyntacticError
-	if !errors.As(err, &syntaxErr) {
-		return err
+	if errors.As(err, &syntaxErr) {
+		syntaxErr.JSONPointer = ""
 	}
-	if syntaxErr.Err == jsontext.ErrDuplicateName {
-		return errors.New("a name given twice in an object")
-	}
-	syntaxErr.JSONPointer = ""
 	return err
 }

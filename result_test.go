@@ -198,7 +198,9 @@ func TestResultDecodingIsLenient(t *testing.T) {
 		{"error as a string", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":"no picks"}`, false, "S", "no picks", 0},
 		{"error as an object", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":{"code":7}}`, false, "S", "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)", 0},
 		{"error as an array", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":["x"]}`, false, "S", "OptiPick reported an error as a JSON object or array (KEEP_RESULT_JSON=true keeps the whole result)", 0},
-		{"error as a number", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":7}`, false, "S", "7", 0},
+		{"error as a number", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":7}`, false, "S", "OptiPick reported an error: 7", 0},
+		{"error false", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":false}`, false, "S", "", 0},
+		{"error true", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","error":true}`, false, "S", "OptiPick reported an error: true", 0},
 		{"clusters that are not objects are still counted", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S","optimal_clusters":["a",[1],null]}`, false, "S", "", 3},
 		{"not JSON", `<html>`, true, "", "", 0},
 		{"truncated", `{"request_id":"674f5c1e2b8a4d0012ab34cd","site_name":"S"`, true, "", "", 0},
@@ -371,5 +373,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // decodeResult reads one result from r as the client does (without the
 // request_id check, which is the client's).
 func decodeResult(r io.Reader) (*optimization, error) {
-	return newResultReader(r, 0, false).decode()
+	rr := getResultReader(r, 0, false)
+	defer rr.release()
+	return rr.decode()
 }

@@ -97,7 +97,7 @@ func newHTTPServer(handler http.Handler, logger *slog.Logger) *http.Server {
 
 // limitConnections caps the connections srv serves from l; connlimit.go
 // sets it. Without that file, connections are not capped.
-var limitConnections = func(l net.Listener, srv *http.Server, max int) net.Listener {
+var limitConnections = func(l net.Listener, srv *http.Server, maxConns int) net.Listener {
 	return l
 }
 
