@@ -503,7 +503,10 @@ func startBubbleServer(t *testing.T, handler http.Handler, maxConns int) *bubble
 	t.Helper()
 	s := &bubbleServer{incoming: make(chan net.Conn, 64), closed: make(chan struct{})}
 	s.srv = newHTTPServer(handler, slog.New(slog.DiscardHandler))
-	listener := limitConnections(s, s.srv, maxConns) // as run does
+	var listener net.Listener = s
+	if limitConnections != nil {
+		listener = limitConnections(s, s.srv, maxConns) // as run does
+	}
 	limiterHook := s.srv.ConnState
 	s.srv.ConnState = func(c net.Conn, state http.ConnState) {
 		switch state {

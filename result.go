@@ -173,6 +173,7 @@ var (
 // it reads does not end in what it holds, so what it has read and not
 // consumed is that token: past maxTokenBytes, Read refuses to go on. A
 // read is at most a quarter of that, and stops one byte past maxResultBytes.
+// That is how jsontext reads (TestTokenGuard checks it on every update).
 func (rr *resultReader) Read(p []byte) (int, error) {
 	if rr.read-rr.dec.InputOffset() > maxTokenBytes {
 		return 0, errTokenTooLong

@@ -96,10 +96,8 @@ func newHTTPServer(handler http.Handler, logger *slog.Logger) *http.Server {
 // nothing else.
 
 // limitConnections caps the connections srv serves from l; connlimit.go
-// sets it. Without that file, connections are not capped.
-var limitConnections = func(l net.Listener, srv *http.Server, maxConns int) net.Listener {
-	return l
-}
+// sets it. Without that file it is nil, and connections are not capped.
+var limitConnections func(l net.Listener, srv *http.Server, maxConns int) net.Listener
 
 // recorder counts what the service does; metrics.go has the Prometheus one.
 type recorder interface {
@@ -138,7 +136,13 @@ func (g *serverGroup) start(variable, addr string, handler http.Handler) (net.Ad
 		return nil, fmt.Errorf("%s: cannot listen: %w", variable, err)
 	}
 	srv := newHTTPServer(handler, g.logger)
-	listener := limitConnections(tcp, srv, maxConnections)
+	var listener net.Listener = tcp
+	if limitConnections != nil {
+		listener = limitConnections(tcp, srv, maxConnections)
+	} else {
+		g.logger.Warn("connections are not capped: this build has no connlimit.go; cap them in front of it",
+			"variable", variable)
+	}
 	g.servers = append(g.servers, srv)
 	go func() {
 		if err := srv.Serve(listener); !errors.Is(err, http.ErrServerClosed) {
