@@ -41,8 +41,8 @@ func init() {
 // no candidate, the newcomer waits.
 //
 // It needs the server's ConnState (trackState) and ConnContext
-// (connContext) hooks: the handler calls the func under protectKey in the
-// request's context once the request proved genuine.
+// (connContext) hooks: the handler calls the connHooks in the request's
+// context once the request proved genuine, and once its work succeeded.
 type connLimitListener struct {
 	net.Listener
 	slots     chan struct{} // one per admitted connection
@@ -115,7 +115,8 @@ func (l *connLimitListener) admit(c net.Conn) *limitedConn {
 }
 
 // trackState is the server's ConnState hook. A request starting or ending
-// ends the protection of the one before.
+// ends the protection of the one before; a connection is a sender's while
+// the last request it finished carried a message's work to success.
 func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 	lc, ok := c.(*limitedConn)
 	if !ok {
@@ -126,13 +127,17 @@ func (l *connLimitListener) trackState(c net.Conn, state http.ConnState) {
 	lc.state = state
 	lc.since = time.Now()
 	lc.verified = false
+	if state == http.StateIdle {
+		lc.carried = lc.succeeded
+		lc.succeeded = false
+	}
 }
 
 // connContext is the server's ConnContext hook: it gives each request the
 // means to protect its connection.
 func (l *connLimitListener) connContext(ctx context.Context, c net.Conn) context.Context {
 	if lc, ok := c.(*limitedConn); ok {
-		return context.WithValue(ctx, protectKey{}, lc.protect)
+		return context.WithValue(ctx, connHooksKey{}, connHooks{protect: lc.protect, workSucceeded: lc.workSucceeded})
 	}
 	return ctx
 }
@@ -179,11 +184,12 @@ type limitedConn struct {
 	accepted time.Time
 
 	// Guarded by l.mu.
-	state    http.ConnState // StateNew, StateActive or StateIdle
-	since    time.Time      // when it entered state
-	verified bool           // serving a verified delivery
-	carried  bool           // has carried a verified delivery: a sender's connection
-	closing  bool           // chosen as a victim
+	state     http.ConnState // StateNew, StateActive or StateIdle
+	since     time.Time      // when it entered state
+	verified  bool           // serving a verified delivery
+	succeeded bool           // its request carried a message's work to success
+	carried   bool           // its last finished request did: a sender's connection
+	closing   bool           // chosen as a victim
 }
 
 func (c *limitedConn) shedClass(now time.Time) shedClass {
@@ -210,8 +216,16 @@ func (c *limitedConn) protect() bool {
 		return false
 	}
 	c.verified = true
-	c.carried = true
 	return true
+}
+
+// workSucceeded records that c's request carried a message's work to
+// success. A replayed capture does no work, or fails, so it cannot make
+// its connection a sender's.
+func (c *limitedConn) workSucceeded() {
+	c.l.mu.Lock()
+	defer c.l.mu.Unlock()
+	c.succeeded = true
 }
 
 func (c *limitedConn) Close() error {

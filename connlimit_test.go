@@ -21,7 +21,10 @@ import (
 // as a signed delivery does), and /slow and /slow-verified, which wait for
 // release (or for their connection to be shed).
 func limitTestMux(release <-chan struct{}) *http.ServeMux {
-	verify := func(r *http.Request) { protectConnection(r) }
+	verify := func(r *http.Request) { // as a signed delivery whose work succeeds does
+		protectConnection(r)
+		markSendersConnection(r)
+	}
 	wait := func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
@@ -349,8 +352,8 @@ func TestAConnectionChosenForSheddingStartsNoWork(t *testing.T) {
 		req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
 		req = req.WithContext(l.connContext(t.Context(), shed))
 		resp := rig.deliver(req)
-		if resp.Code < 500 {
-			t.Errorf("a delivery on a connection being shed: %d, want a 5xx (no one reads it)", resp.Code)
+		if resp.Code != http.StatusServiceUnavailable {
+			t.Errorf("a delivery on a connection being shed: %d, want 503 (no one reads it)", resp.Code)
 		}
 		rig.api.assertCalls(t, []apiCall{{Path: "/optimize/cluster/kept", APIKey: testAPIKey}})
 	})
@@ -466,4 +469,56 @@ func TestTheMetricsPortHasAConnectionCap(t *testing.T) {
 			maxConnections,
 		)
 	}
+}
+
+// TestOnlySucceededWorkMakesASendersConnection: a connection is spared
+// while briefly idle only when the last request it finished carried a
+// message's work to success. A replayed capture whose fetch fails (after a
+// restart, to the wrong path), or a sender's connection then used for
+// anything else (GET /healthz), ranks with the never-verified: newcomers
+// shed those, not the sender's.
+func TestOnlySucceededWorkMakesASendersConnection(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rig := newBubbleRig(t, testSecret)
+		rig.api.respond = func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/route/") {
+				http.NotFound(w, r) // a capture replayed to the wrong path
+				return
+			}
+			writeClusterResult(w, path.Base(r.URL.Path))
+		}
+		s := startBubbleServer(t, rig.handler, 3)
+		deliver := func(conn net.Conn, path, id string, want int) {
+			t.Helper()
+			req := signedDelivery(t, testSecret, path, requestBody(id))
+			go req.Write(conn)
+			if resp, err := readResponse(conn); err != nil || resp.StatusCode != want {
+				t.Fatalf("%s: %v %v, want %d", path, resp, err, want)
+			}
+		}
+		failed, sender, busied := s.dial(t), s.dial(t), s.dial(t)
+		deliver(failed, "/webhook/route", "replayed", http.StatusBadGateway)
+		deliver(sender, "/webhook/cluster", "genuine", http.StatusOK)
+		deliver(busied, "/webhook/cluster", "genuine2", http.StatusOK)
+		if resp, err := send(busied, getHealthz); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /healthz after the work: %v %v", resp, err)
+		}
+		synctest.Wait()
+		time.Sleep(2 * shedAfter) // all three idle for less than idleSafe
+
+		for i := range 2 {
+			start := time.Now()
+			if resp, err := send(s.dial(t), getHealthz); err != nil || resp.StatusCode != http.StatusOK {
+				t.Fatalf("newcomer %d: %v %v", i, resp, err)
+			}
+			if waited := time.Since(start); waited > shedAfter {
+				t.Errorf("newcomer %d waited %v: nothing could be shed", i, waited)
+			}
+		}
+		synctest.Wait()
+		if isClosed(sender) || !isClosed(failed) || !isClosed(busied) {
+			t.Errorf("closed: sender %v, failed capture %v, sender's then /healthz %v; want false, true, true",
+				isClosed(sender), isClosed(failed), isClosed(busied))
+		}
+	})
 }

@@ -66,6 +66,9 @@ func handleWebhook(deps webhookDeps, rejected *rejectLog, k kind) http.Handler {
 			return handleMessage(ctx, r, d, deps)
 		})
 		endedAs = answer(w, d, shared, err, deps.logger, rejected)
+		if endedAs == outcomeProcessed {
+			markSendersConnection(r)
+		}
 	})
 }
 
@@ -112,6 +115,11 @@ func answer(w http.ResponseWriter, d delivery, shared bool, err error,
 			append(attrs, "status", http.StatusConflict)...)
 		http.Error(w, "this message was delivered for the other kind", http.StatusConflict)
 		return outcomeOtherKind
+	case errors.Is(err, errConnectionClosing): // no one reads this answer
+		rejected.log(slog.LevelWarn, "delivery not handled: its connection was closed for a newcomer; Svix will retry",
+			attrs...)
+		http.Error(w, "not handled yet; retry later", http.StatusServiceUnavailable)
+		return outcomeShed
 	}
 
 	status := statusFor(err)
@@ -148,17 +156,35 @@ func statusFor(err error) int {
 // errProcessing marks a processFunc's error, told apart from a failed fetch.
 var errProcessing = errors.New("processing the result")
 
-// protectKey is where a request's context holds, from the connection
-// limiter, a func that keeps the request's connection from being closed
-// for a newcomer; it reports false when the connection is already closing.
-type protectKey struct{}
+// connHooksKey is where a request's context holds the connection
+// limiter's hooks (connlimit.go); without the limiter there are none.
+type connHooksKey struct{}
+
+// connHooks let a request tell the connection limiter about its connection.
+type connHooks struct {
+	// protect keeps the connection open while the request does a message's
+	// work, until its answer is written. It reports false when the
+	// connection is already closing for a newcomer.
+	protect func() bool
+	// workSucceeded marks the connection a sender's: its request carried a
+	// message's work to success, and it is spared while briefly idle.
+	workSucceeded func()
+}
 
 // protectConnection keeps r's connection open until r's answer is written.
 // It reports false when the connection is being closed: the answer could
 // not be written, so no work should start.
 func protectConnection(r *http.Request) bool {
-	protect, ok := r.Context().Value(protectKey{}).(func() bool)
-	return !ok || protect()
+	hooks, ok := r.Context().Value(connHooksKey{}).(connHooks)
+	return !ok || hooks.protect()
+}
+
+// markSendersConnection tells the connection limiter that r carried a
+// message's work to success: its connection is a sender's (Svix's).
+func markSendersConnection(r *http.Request) {
+	if hooks, ok := r.Context().Value(connHooksKey{}).(connHooks); ok {
+		hooks.workSucceeded()
+	}
 }
 
 // errConnectionClosing: the delivery's connection was closed for a
@@ -350,6 +376,7 @@ const (
 	outcomeBadRequest       outcome = "bad_request"       // 400 + abort: genuine, but no valid request_id
 	outcomeFetchFailed      outcome = "fetch_failed"      // 5xx
 	outcomeProcessFailed    outcome = "process_failed"    // 5xx: the processFunc failed
+	outcomeShed             outcome = "shed"              // 503: its connection was closed for a newcomer
 )
 
 // outcomes are all the outcomes, for the metrics to create up front.
@@ -363,4 +390,5 @@ var outcomes = []outcome{
 	outcomeBadRequest,
 	outcomeFetchFailed,
 	outcomeProcessFailed,
+	outcomeShed,
 }

@@ -853,3 +853,32 @@ func TestTooManySecretsAreRefused(t *testing.T) {
 		t.Fatalf("%d secrets: %v, want a refusal naming the limit", maxSecrets+1, err)
 	}
 }
+
+// TestARefusedDeliveryLogsTheIDItClaimed: a refused delivery's log line
+// names the message id it sent, whichever headers it used: svix-id
+// without the other svix-* headers, or webhook-id (Standard Webhooks).
+func TestARefusedDeliveryLogsTheIDItClaimed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		header map[string]string
+	}{
+		{"svix-id alone", map[string]string{"Svix-Id": "msg_claimed"}},
+		{"svix-id without a signature", map[string]string{"Svix-Id": "msg_claimed", "Svix-Timestamp": "1"}},
+		{"webhook-* headers", map[string]string{"Webhook-Id": "msg_claimed", "Webhook-Timestamp": "1",
+			"Webhook-Signature": "v1,AAAA"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rig := newBubbleRig(t, testSecret)
+			req := httptest.NewRequest(http.MethodPost, "/webhook/cluster", bytes.NewReader(requestBody(testRequestID)))
+			for name, value := range tc.header {
+				req.Header.Set(name, value)
+			}
+			if resp := rig.deliver(req); resp.Code != http.StatusUnauthorized {
+				t.Fatalf("status %d, want 401", resp.Code)
+			}
+			if !strings.Contains(rig.logs.String(), "svix_id=msg_claimed") {
+				t.Errorf("the log does not name the id the delivery claimed:\n%s", rig.logs)
+			}
+		})
+	}
+}

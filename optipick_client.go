@@ -212,6 +212,9 @@ func (c *optiPickClient) readResult(body io.Reader, requestID, shown string) (*o
 	case errors.Is(err, errResultTooLarge):
 		return nil, fmt.Errorf("OptiPick API result from %s is more than the %d bytes this service reads",
 			shown, maxResultBytes)
+	case errors.Is(err, context.DeadlineExceeded):
+		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but its result had not arrived by the deadline: %w",
+			shown, err)
 	case err != nil:
 		return nil, fmt.Errorf("OptiPick API answered 200 from %s, but not with this result: %w (body starts: %s)",
 			shown, err, excerpt(c.redact(rr.readStart()), maxExcerptBytes))

@@ -655,6 +655,9 @@ func TestAStalledResultBodyIs504(t *testing.T) {
 			<-r.Context().Done()
 		}
 		resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+		if !strings.Contains(rig.logs.String(), "but its result had not arrived by the deadline") {
+			t.Errorf("the log does not say the result did not arrive in time:\n%s", rig.logs)
+		}
 		if resp.Code != http.StatusGatewayTimeout {
 			t.Errorf("a result body that stalls past the deadline: %d %q, want 504\n%s", resp.Code, resp.Body, rig.logs)
 		}

@@ -93,6 +93,10 @@ func TestAFailedProcessorIsNeverAcknowledged(t *testing.T) {
 	}{
 		{errors.New("database down"), http.StatusBadGateway},
 		{statusError(http.StatusServiceUnavailable), http.StatusServiceUnavailable},
+		{statusError(http.StatusInternalServerError), http.StatusInternalServerError}, // the 5xx range's ends
+		{statusError(599), 599},
+		{statusError(600), http.StatusBadGateway},
+		{statusError(499), http.StatusBadGateway},
 		{statusError(http.StatusOK), http.StatusBadGateway},
 		{statusError(http.StatusConflict), http.StatusBadGateway},
 		{statusError(0), http.StatusBadGateway},
