@@ -93,16 +93,7 @@ func BenchmarkHandler(b *testing.B) {
 		b.Fatal(err)
 	}
 	fetch := func(ctx context.Context, k kind, requestID string) (*optimization, error) { return result, nil }
-	logger := newLogger(io.Discard, slog.LevelInfo, "json")
-	// Window 0: every iteration is a new delivery, not a remembered one.
-	handler := newServer(webhookDeps{
-		logger:   logger,
-		verifier: v,
-		fetch:    fetch,
-		process:  logSummary(logger),
-		seen:     newDedupe(0, 1),
-		metrics:  noMetrics{},
-	}, alwaysReady)
+	handler := serverFetchingWith(v, fetch, newLogger(io.Discard, slog.LevelInfo, "json"))
 
 	body := requestBody(testRequestID)
 	template := signedDelivery(b, testSecret, "/webhook/cluster", body)
@@ -194,15 +185,7 @@ func FuzzWebhook(f *testing.F) {
 			mu.Unlock()
 			return &optimization{}, nil
 		}
-		logger := slog.New(slog.DiscardHandler)
-		handler := newServer(webhookDeps{
-			logger:   logger,
-			verifier: v,
-			fetch:    fetch,
-			process:  logSummary(logger),
-			seen:     newDedupe(0, 1),
-			metrics:  noMetrics{},
-		}, alwaysReady)
+		handler := serverFetchingWith(v, fetch, slog.New(slog.DiscardHandler))
 
 		kind := "cluster"
 		if route {
@@ -881,4 +864,19 @@ func TestARefusedDeliveryLogsTheIDItClaimed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serverFetchingWith is the whole service with fetch in place of the API
+// client, and a dedupe window of 0: every delivery is a new one, not a
+// remembered one.
+func serverFetchingWith(v verifier, fetch func(context.Context, kind, string) (*optimization, error),
+	logger *slog.Logger) http.Handler {
+	return newServer(webhookDeps{
+		logger:   logger,
+		verifier: v,
+		seen:     newDedupe(0, 1),
+		fetch:    fetch,
+		process:  logSummary(logger),
+		metrics:  noMetrics{},
+	}, alwaysReady)
 }
