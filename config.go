@@ -107,7 +107,8 @@ func readAPIKey(key string) (string, error) {
 
 func readAPIURL(value string) (*url.URL, error) {
 	u, err := url.Parse(cmp.Or(value, defaultAPIURL))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+	absolute := err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+	if !absolute || u.RawQuery != "" || u.Fragment != "" {
 		return nil, errors.New("must be an absolute http(s) URL without query or fragment, such as " + defaultAPIURL)
 	}
 	return u, nil
@@ -149,7 +150,8 @@ func readMetricsAddr(addr, webhookPort string) (string, error) {
 		return "", errors.New("must be host:port or :port, such as :9090 (empty: no metrics)")
 	}
 	if port == webhookPort && port != "0" {
-		return "", fmt.Errorf("port %s is the webhook port (PORT): metrics need a port of their own, such as :9090", port)
+		return "", fmt.Errorf("port %s is the webhook port (PORT): metrics need a port of their own, such as :9090",
+			port)
 	}
 	if newMetrics == nil {
 		return "", errors.New("set, but this build has no metrics (metrics.go was left out); unset it")

@@ -65,10 +65,12 @@ func TestStartupErrorsNameTheVariableAndNotItsValue(t *testing.T) {
 			if !strings.HasPrefix(msg, tc.variable+":") || !strings.Contains(msg, tc.says) {
 				t.Errorf("error %q does not start with %s: or lacks %q", msg, tc.variable, tc.says)
 			}
-			if value := tc.env[tc.variable]; len(strings.TrimSpace(value)) > len("whsec_") && strings.Contains(msg, value) ||
-				strings.Contains(msg, "s3cr3t") || strings.Contains(msg, "k3y") ||
-				strings.Contains(msg, "h0st") ||
-				strings.Contains(msg, strings.TrimPrefix(secondSecret, "whsec_")) {
+			value := tc.env[tc.variable]
+			repeated := len(strings.TrimSpace(value)) > len("whsec_") && strings.Contains(msg, value)
+			for _, part := range []string{"s3cr3t", "k3y", "h0st", strings.TrimPrefix(secondSecret, "whsec_")} {
+				repeated = repeated || strings.Contains(msg, part)
+			}
+			if repeated {
 				t.Errorf("error %q repeats the value", msg)
 			}
 			if strings.Count(msg, "\n") > 0 {

@@ -297,7 +297,8 @@ func TestAMessageIsFetchedOnlyForItsKind(t *testing.T) {
 				if calls := len(rig.api.recorded()); calls != 1 {
 					t.Errorf("a delivery and 100 replays to the other kind made %d API calls, want 1", calls)
 				}
-				if n := strings.Count(rig.logs.String(), "rejected delivery of a message verified for the other kind"); n > rejectLogBurst {
+				n := strings.Count(rig.logs.String(), "rejected delivery of a message verified for the other kind")
+				if n > rejectLogBurst {
 					t.Errorf("%d log lines for 100 replays, want at most %d", n, rejectLogBurst)
 				}
 			})
@@ -326,12 +327,14 @@ func TestAFailedMessageBindsNoKind(t *testing.T) {
 			}
 		}
 		body := requestBody(testRequestID)
-		if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_failing", time.Now())); resp.Code != http.StatusBadGateway {
+		resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_failing", time.Now()))
+		if resp.Code != http.StatusBadGateway {
 			t.Fatalf("first delivery: %d, want 502", resp.Code)
 		}
 		for i := range 100 { // 10 s of replays, to either path in turn
 			path := []string{"/webhook/route", "/webhook/cluster"}[i%2]
-			if resp := rig.deliver(signedDeliveryAt(t, testSecret, path, body, "msg_failing", time.Now())); resp.Code < 500 {
+			resp := rig.deliver(signedDeliveryAt(t, testSecret, path, body, "msg_failing", time.Now()))
+			if resp.Code < 500 {
 				t.Fatalf("replay to %s: %d, want a 5xx", path, resp.Code)
 			}
 			time.Sleep(100 * time.Millisecond)
@@ -350,7 +353,8 @@ func TestAFailedMessageBindsNoKind(t *testing.T) {
 		}
 		apiDown.Store(false)
 		time.Sleep(5 * time.Second) // Svix's retry of the genuine delivery
-		if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_failing", time.Now())); resp.Code != http.StatusOK {
+		resp = rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_failing", time.Now()))
+		if resp.Code != http.StatusOK {
 			t.Fatalf("Svix's retry to /webhook/cluster: %d %q, want 200: the replays held it up", resp.Code, resp.Body)
 		}
 	})

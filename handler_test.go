@@ -273,7 +273,8 @@ func TestHostileInput(t *testing.T) {
 		}, 413, ""},
 		{"body that stops half way", func() *http.Request {
 			req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
-			req.Body = io.NopCloser(io.MultiReader(strings.NewReader(`{"request_id":"67`), errReader{io.ErrUnexpectedEOF}))
+			cut := io.MultiReader(strings.NewReader(`{"request_id":"67`), errReader{io.ErrUnexpectedEOF})
+			req.Body = io.NopCloser(cut)
 			return req
 		}, 400, ""},
 		{"signature header twice, valid one second", withHeaders(func(h http.Header) {
@@ -430,7 +431,9 @@ func TestTimestampTolerance(t *testing.T) {
 					req = signedDelivery(t, testSecret, "/webhook/route", requestBody(testRequestID))
 					time.Sleep(-tc.signedAt)
 				} else {
-					req = signedDeliveryAt(t, testSecret, "/webhook/route", requestBody(testRequestID), "msg_future", time.Now().Add(tc.signedAt))
+					at := time.Now().Add(tc.signedAt)
+					body := requestBody(testRequestID)
+					req = signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_future", at)
 				}
 				resp := rig.deliver(req)
 				if resp.Code != tc.wantStatus {
@@ -699,7 +702,8 @@ func TestRequestIDBoundaries(t *testing.T) {
 	for _, id := range []string{"a", "z", "A", "Z", "0", "9", "_", "-", "azAZ09_-", strings.Repeat("Z", 128)} {
 		t.Run("accepts "+id[:min(len(id), 10)], func(t *testing.T) {
 			rig := newRig(t, testSecret)
-			if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/route", requestBody(id))); resp.Code != http.StatusOK {
+			resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/route", requestBody(id)))
+			if resp.Code != http.StatusOK {
 				t.Fatalf("id %q: status %d, want 200", id, resp.Code)
 			}
 			rig.api.assertCalls(t, []apiCall{{Path: "/optimize/route/" + id, APIKey: testAPIKey}})

@@ -25,8 +25,11 @@ func TestRepeatsOfAHandledMessageCannotFloodTheLogs(t *testing.T) {
 		body := requestBody(testRequestID)
 		for i := range 1000 {
 			resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/cluster", body, "msg_replayed", time.Now()))
-			if want := map[bool]string{true: "fetched\n", false: "already handled\n"}[i == 0]; resp.Code != http.StatusOK ||
-				resp.Body.String() != want {
+			want := "already handled\n"
+			if i == 0 {
+				want = "fetched\n"
+			}
+			if resp.Code != http.StatusOK || resp.Body.String() != want {
 				t.Fatalf("delivery %d: %d %q, want 200 %q", i, resp.Code, resp.Body, want)
 			}
 		}
@@ -108,7 +111,8 @@ func TestUnverifiedHeadersReachTheLogsEscaped(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			rig := buildRig(t, rigConfig{secrets: []string{testSecret}, apiURL: "http://optipick.test",
 				transport: handlerTransport{&fakeAPI{}}, level: slog.LevelDebug, format: format})
-			for _, id := range []string{"msg_\u202egnp.exe", "msg_\x1b[31mred", "msg_\r\nlevel=ERROR", "msg_\u2028x", "msg_\xff"} {
+			ids := []string{"msg_\u202egnp.exe", "msg_\x1b[31mred", "msg_\r\nlevel=ERROR", "msg_\u2028x", "msg_\xff"}
+			for _, id := range ids {
 				req := signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))
 				req.Header["Svix-Id"] = []string{id}
 				if resp := rig.deliver(req); resp.Code != http.StatusUnauthorized {

@@ -83,7 +83,8 @@ func TestMetricsCountDeliveriesByOutcome(t *testing.T) {
 		`optipick_webhooks_api_request_duration_seconds_count{status_class="2xx"}`:        "2",
 		`optipick_webhooks_api_request_duration_seconds_count{status_class="4xx"}`:        "1",
 		`optipick_webhooks_deliveries_in_flight`:                                          "0",
-		`optipick_webhooks_dedupe_entries`:                                                "3", // failures too, for a while
+		// Failures are remembered too, for a while.
+		`optipick_webhooks_dedupe_entries`: "3",
 	} {
 		if got := m[name]; got != want {
 			t.Errorf("%s = %q, want %q", name, got, want)
@@ -121,7 +122,8 @@ func TestAPICallsAreCountedByStatusClass(t *testing.T) {
 	defer server.Close()
 	got := scrape(t, server.URL+"/metrics")
 	for class, want := range map[string]string{"2xx": "2", "3xx": "1", "4xx": "1", "5xx": "2", "error": "3"} {
-		if name := `optipick_webhooks_api_request_duration_seconds_count{status_class="` + class + `"}`; got[name] != want {
+		name := `optipick_webhooks_api_request_duration_seconds_count{status_class="` + class + `"}`
+		if got[name] != want {
 			t.Errorf("%s = %q, want %q", name, got[name], want)
 		}
 	}

@@ -174,7 +174,8 @@ func TestTheKeyIsRedactedFromEveryExcerpt(t *testing.T) {
 						r.Header.Get("X-API-KEY"),
 					)
 				}
-				if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code < 500 {
+				resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+				if resp.Code < 500 {
 					t.Fatalf("status %d, want 5xx", resp.Code)
 				}
 				// assertNoSecrets runs at cleanup; the marker shows the excerpt was logged.
@@ -258,7 +259,8 @@ func TestURLCredentialsNeverReachTheLogs(t *testing.T) {
 							format:    "text",
 						},
 					)
-					if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusBadGateway {
+					resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+					if resp.Code != http.StatusBadGateway {
 						t.Fatalf("status %d, want 502", resp.Code)
 					}
 					if user != "svc" || password != secret.password {
@@ -442,7 +444,8 @@ func TestOptimizationURL(t *testing.T) {
 // FuzzOptimizationURL: whatever the id, the URL is refused or names exactly
 // /optimize/{kind}/{id} under the base.
 func FuzzOptimizationURL(f *testing.F) {
-	for _, seed := range []string{"674f5c1e2b8a4d0012ab34cd", "../x", "..", ".", "a/b", "x?y", "%2e%2e", "a\r\nb", "a b", strings.Repeat("z", 5000)} {
+	seeds := []string{"674f5c1e2b8a4d0012ab34cd", "../x", "..", ".", "a/b", "x?y", "%2e%2e", "a\r\nb", "a b"}
+	for _, seed := range append(seeds, strings.Repeat("z", 5000)) {
 		f.Add(seed)
 	}
 	bases := []string{"https://optipick.api.optioryx.com", "https://gw.example/latest/"}

@@ -105,12 +105,14 @@ func TestAFailedProcessorIsNeverAcknowledged(t *testing.T) {
 			rig := newRig(t, testSecret)
 			rig.process = func(context.Context, delivery, *optimization) error { return tc.err }
 			body := requestBody(testRequestID)
-			if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_store", time.Now())); resp.Code != tc.want {
+			resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_store", time.Now()))
+			if resp.Code != tc.want {
 				t.Fatalf("status %d, want %d", resp.Code, tc.want)
 			}
 			rig.process = func(context.Context, delivery, *optimization) error { return nil }
 			rig.svixRetriesLater()
-			if resp := rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_store", time.Now())); resp.Body.String() != "fetched\n" {
+			resp = rig.deliver(signedDeliveryAt(t, testSecret, "/webhook/route", body, "msg_store", time.Now()))
+			if resp.Body.String() != "fetched\n" {
 				t.Fatalf("Svix's retry: %d %q, want it processed again", resp.Code, resp.Body)
 			}
 		})
@@ -153,7 +155,8 @@ func summaryLine(t *testing.T, asis, optimal string) map[string]any {
 	}}
 	rig := buildRig(t, rigConfig{api: api, apiURL: "http://optipick.test", transport: handlerTransport{api},
 		secrets: []string{testSecret}, level: slog.LevelInfo, format: "json"})
-	if resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID))); resp.Code != http.StatusOK {
+	resp := rig.deliver(signedDelivery(t, testSecret, "/webhook/cluster", requestBody(testRequestID)))
+	if resp.Code != http.StatusOK {
 		t.Fatalf("status %d, want 200\n%s", resp.Code, rig.logs)
 	}
 	var line map[string]any
@@ -214,7 +217,8 @@ func TestWholeNumbersAreLoggedAsTheyWouldBeAsFloats(t *testing.T) {
 		)
 		return strings.TrimSuffix(value, "}")
 	}
-	for _, f := range []float64{0, 1, -3, 22920, 2e6, 1 << 52, 1<<53 - 1, 1 << 53, 1e21, 1e300, 0.5, 33.3, -999.4, 1e-320} {
+	numbers := []float64{0, 1, -3, 22920, 2e6, 1 << 52, 1<<53 - 1, 1 << 53, 1e21, 1e300, 0.5, 33.3, -999.4, 1e-320}
+	for _, f := range numbers {
 		if got, want := logged("json", numberAttr("n", f)), logged("json", slog.Float64("n", f)); got != want {
 			t.Errorf("%v in JSON: logged %s, as a float64 %s", f, got, want)
 		}
