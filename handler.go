@@ -115,7 +115,7 @@ func answer(w http.ResponseWriter, d delivery, shared bool, err error,
 			append(attrs, "status", http.StatusConflict)...)
 		http.Error(w, "this message was delivered for the other kind", http.StatusConflict)
 		return outcomeOtherKind
-	case errors.Is(err, errConnectionClosing): // no one reads this answer
+	case errors.Is(err, errConnectionClosing) && !shared: // no one reads this answer
 		rejected.log(slog.LevelWarn, "delivery not handled: its connection was closed for a newcomer; Svix will retry",
 			attrs...)
 		http.Error(w, "not handled yet; retry later", http.StatusServiceUnavailable)
